@@ -1,0 +1,738 @@
+"""The Monitor API emulator: the service side of DESIGN.md §3, for demos, tests and benchmarks.
+
+It is an XEP-0114 external component. It answers ``<subscribe/>`` and ``<unsubscribe/>`` IQs
+and streams ``<message>`` stanzas of ``<event/>`` elements, either to the JIDs given with
+``--to`` or to the bare JID of each successful subscriber. The stream is paced by a token bucket,
+can mix in malformed events and duplicates, and can log every valid event it sent so that a
+test can compare it with the agent's database.
+
+Stanzas are built as text and written with ``send_raw``: going through slixmpp's stanza objects
+costs several times more per event, and the emulator feeds the benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+from loguru import logger
+from slixmpp import ComponentXMPP, Iq
+from slixmpp.jid import JID
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from agent.exceptions import AuthenticationError, ConfigError, NegotiationTimeout, SessionError
+
+NAMESPACE = "urn:xmppmon:monitor:1"
+HISTORY_KINDS = ("activity", "event", "job", "error", "crash")
+STATE_KINDS = ("device", "tag", "token", "push")
+KINDS = (*HISTORY_KINDS, *STATE_KINDS, "api")
+PUSH_ACTIONS = ("received", "displayed", "actioned", "exited")
+STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+# XEP-0086 legacy code -> (defined condition, error type).
+CONDITIONS: dict[int, tuple[str, str]] = {
+    400: ("bad-request", "modify"),
+    401: ("not-authorized", "auth"),
+    402: ("payment-required", "auth"),
+    403: ("forbidden", "auth"),
+    404: ("item-not-found", "cancel"),
+    405: ("not-allowed", "cancel"),
+    409: ("conflict", "cancel"),
+    # XEP-0086 has no 413; RFC 6120's policy-violation is the condition meant for "too large".
+    413: ("policy-violation", "modify"),
+    500: ("internal-server-error", "wait"),
+    503: ("service-unavailable", "cancel"),
+    504: ("remote-server-timeout", "wait"),
+}
+
+OK = 200
+MAX_BATCH = 1000  # ~200 B per event keeps a stanza well under Prosody's 512 KiB component limit
+OVERSIZE = 64 * 1024 + 1024
+_HIGH_WATER = 4 * 1024 * 1024  # bytes queued in the transport before the producer waits
+_LOW_WATER = 1024 * 1024
+_YIELD_EVERY = 32  # stanzas between two yields to the loop when unpaced
+_PROGRESS_EVERY = 5.0
+
+
+@dataclass
+class EmulatorOptions:
+    """Everything ``xmppmon emulate`` can be told; see ``add_arguments`` for each option's help."""
+
+    secret: str = ""
+    jid: str = "monitor.localhost"
+    host: str = "127.0.0.1"
+    port: int = 5347
+    namespace: str = NAMESPACE
+    apps: dict[str, str] = field(default_factory=lambda: {"demo": "demo-key"})
+    refuse: dict[str, int] = field(default_factory=dict)
+    to: list[str] = field(default_factory=list)
+    rate: float = 0.0
+    batch: int = 1
+    count: int = 0
+    duration: float = 0.0
+    kinds: tuple[str, ...] = KINDS
+    malformed: float = 0.0
+    duplicates: float = 0.0
+    api_status: int | None = None
+    event_log: Path | None = None
+    seed: int | None = None
+    start_delay: float = 0.0
+    connect_timeout: float = 15.0
+
+    def __repr__(self) -> str:  # keeps the secret and the API keys out of logs and tracebacks
+        return f"EmulatorOptions(jid={self.jid!r}, apps={sorted(self.apps)!r}, to={self.to!r})"
+
+
+@dataclass
+class EmulatorReport:
+    """What one run sent and answered."""
+
+    events_sent: int = 0
+    duplicates_sent: int = 0
+    malformed_sent: int = 0
+    stanzas_sent: int = 0
+    subscribes_ok: int = 0
+    subscribes_refused: int = 0
+    elapsed: float = 0.0
+
+
+# --- XML text -------------------------------------------------------------------------------
+
+
+def xml_text(text: str) -> str:
+    """Escape character data; the common case (no special character) costs three scans."""
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    return text
+
+
+def xml_attr(value: str) -> str:
+    """Escape a value for a single-quoted attribute."""
+    return xml_text(value).replace("'", "&apos;").replace('"', "&quot;")
+
+
+def utc_ts(now: float) -> str:
+    """RFC 3339 UTC with milliseconds and 'Z', e.g. 2026-11-22T10:00:00.123Z."""
+    seconds = int(now)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (
+        f".{int((now - seconds) * 1000):03d}Z"
+    )
+
+
+def event_xml(ns: str, attrs: dict[str, str], text: str) -> str:
+    """One ``<event/>`` element; ``attrs`` are written in order, so a test can omit any of them."""
+    head = "".join(f" {name}='{xml_attr(value)}'" for name, value in attrs.items())
+    return f"<event xmlns='{ns}'{head}>{xml_text(text)}</event>"
+
+
+def message_xml(sender: str, to: str, msg_id: str, events: Iterable[str]) -> str:
+    """A payload-only message with the hint that makes Prosody archive it (XEP-0334)."""
+    return (
+        f"<message from='{xml_attr(sender)}' to='{xml_attr(to)}' id='{msg_id}'>"
+        f"{''.join(events)}<store xmlns='urn:xmpp:hints'/></message>"
+    )
+
+
+def iq_reply_xml(iq_id: str, sender: str, to: str, code: int = OK) -> str:
+    """A ``result`` for OK, else an ``error`` with its XEP-0086 condition and legacy code."""
+    head = f"<iq id='{xml_attr(iq_id)}' from='{xml_attr(sender)}' to='{xml_attr(to)}'"
+    if code == OK:
+        return head + " type='result'/>"
+    condition, error_type = CONDITIONS[code]
+    return (
+        f"{head} type='error'><error type='{error_type}' code='{code}'>"
+        f"<{condition} xmlns='{STANZAS_NS}'/></error></iq>"
+    )
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def uuid4_text(rng: random.Random) -> str:
+    """A version-4 UUID drawn from ``rng`` (reproducible under a seed, faster than uuid.UUID)."""
+    bits = rng.getrandbits(128)
+    bits = (bits & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_NAMES = {
+    "activity": ("MainActivity", "Checkout", "Settings", "Search", "Profile"),
+    "event": ("add_to_cart", "share", "login", "purchase", "search"),
+    "job": ("sync_contacts", "upload_logs", "refresh_feed", "geo_update"),
+    "error": ("network_timeout", "parse_error", "disk_full", "http_500"),
+    "crash": ("NullPointerException", "SIGSEGV", "OutOfMemoryError", "NSInvalidArgument"),
+}
+_MODELS = ("Pixel 8", "iPhone 15", "Galaxy S23", "Moto G54", "Xperia 10")
+_LOCALES = (("fr_FR", "Europe/Paris"), ("en_US", "America/New_York"), ("de_DE", "Europe/Berlin"))
+_TAGS = ("plan", "age", "score", "newsletter", "city")
+_CALLS = (
+    ("reach", "POST", "/campaigns/{n}/activate"),
+    ("reach", "GET", "/campaigns/{n}"),
+    ("push", "POST", "/push/{n}"),
+    ("analytics", "GET", "/analytics/sessions?period={n}d"),
+    ("devices", "PUT", "/devices/d-{n}/tags"),
+)
+# Mostly successes, with every alerting class represented.
+_STATUSES = (200,) * 70 + (201,) * 18 + (207, 400, 401, 402, 403, 404, 409, 413, 429, 500, 503, 504)
+_DETAILS = {
+    200: "ok", 201: "created", 207: "multi-status: see items", 400: "invalid parameter 'period'",
+    401: "authentication error: check the AppID and API key", 402: "billing lock: off quotas",
+    403: "campaign must be finished", 404: "campaign not found", 409: "name already used",
+    413: "too many device ids (limit 1000)", 429: "too many requests",
+    500: "error while processing the payload", 503: "analytics not computed yet",
+    504: "server could not answer in time",
+}
+
+
+def make_payload(kind: str, rng: random.Random, api_status: int | None = None) -> dict[str, Any]:
+    """A valid payload for ``kind`` (DESIGN.md §3), with realistic values."""
+    n = int(rng.random() * 1000)
+    device = f"d-{n}"
+    if kind == "api":
+        api, method, path = _CALLS[n % len(_CALLS)]
+        status = api_status if api_status is not None else _STATUSES[n % len(_STATUSES)]
+        return {
+            "api": api, "method": method, "path": path.format(n=n), "status": status,
+            "request_id": uuid4_text(rng), "latency_ms": 20 + int(rng.random() * 900),
+            "detail": _DETAILS.get(status, f"HTTP {status}"),
+        }
+    if kind in HISTORY_KINDS:
+        names = _NAMES[kind]
+        payload: dict[str, Any] = {
+            "device_id": device, "name": names[n % len(names)], "session_id": f"s-{n * 7 % 997}",
+        }
+        if kind == "activity":
+            payload["duration_ms"] = int(rng.random() * 60_000)
+        elif kind == "crash":
+            payload["stack"] = f"at com.example.app.{payload['name']}(Main.java:{n % 400})"
+        else:
+            payload["extras"] = {"screen": _NAMES["activity"][n % 5], "value": n}
+        return payload
+    if kind == "device":
+        locale, tz = _LOCALES[n % len(_LOCALES)]
+        return {
+            "device_id": device, "model": _MODELS[n % len(_MODELS)], "locale": locale,
+            "timezone": tz, "first_seen": utc_ts(1.7e9 + n * 3600.0),
+        }
+    if kind == "tag":
+        name = _TAGS[n % len(_TAGS)]
+        value: Any = (f"v{n}", n, n / 8, n % 2 == 0)[n % 4]
+        return {"device_id": device, "name": name, "value": value}
+    if kind == "token":
+        return {"device_id": device, "token": f"tok-{rng.getrandbits(64):016x}", "valid": n % 5 != 0}
+    if kind == "push":
+        return {
+            "device_id": device, "campaign_id": f"c-{n % 40}",
+            "action": PUSH_ACTIONS[n % len(PUSH_ACTIONS)],
+        }
+    raise ValueError(f"unknown event kind {kind!r}")
+
+
+def _dumps(payload: Any) -> str:
+    return orjson.dumps(payload).decode()
+
+
+# Each defect: (name, builder(ns, eid, app, ts, rng) -> event XML). The eid never collides with a
+# valid id: valid ids are UUIDs, these are 'bad-' plus a counter.
+Defect = Callable[[str, str, str, str, random.Random], str]
+
+
+def _ok_attrs(eid: str, kind: str, app: str, ts: str) -> dict[str, str]:
+    return {"id": eid, "kind": kind, "app": app, "ts": ts}
+
+
+def _activity(rng: random.Random) -> str:
+    return _dumps(make_payload("activity", rng))
+
+
+def _without(attrs: dict[str, str], name: str) -> dict[str, str]:
+    return {k: v for k, v in attrs.items() if k != name}
+
+
+MALFORMED: tuple[tuple[str, Defect], ...] = (
+    ("invalid-json", lambda ns, e, a, t, r: event_xml(
+        ns, _ok_attrs(e, "activity", a, t), '{"device_id": "d-1", "name": <&>')),
+    ("json-list", lambda ns, e, a, t, r: event_xml(ns, _ok_attrs(e, "event", a, t), '["d-1", 2]')),
+    ("json-number", lambda ns, e, a, t, r: event_xml(ns, _ok_attrs(e, "job", a, t), "42")),
+    ("missing-id", lambda ns, e, a, t, r: event_xml(
+        ns, _without(_ok_attrs(e, "activity", a, t), "id"), _activity(r))),
+    ("empty-id", lambda ns, e, a, t, r: event_xml(
+        ns, _ok_attrs("", "activity", a, t), _activity(r))),
+    ("missing-kind", lambda ns, e, a, t, r: event_xml(
+        ns, _without(_ok_attrs(e, "activity", a, t), "kind"), _activity(r))),
+    ("unknown-kind", lambda ns, e, a, t, r: event_xml(
+        ns, _ok_attrs(e, "telemetry", a, t), _activity(r))),
+    ("missing-app", lambda ns, e, a, t, r: event_xml(
+        ns, _without(_ok_attrs(e, "activity", a, t), "app"), _activity(r))),
+    ("bad-ts", lambda ns, e, a, t, r: event_xml(
+        ns, _ok_attrs(e, "activity", a, "yesterday"), _activity(r))),
+    ("missing-device-id", lambda ns, e, a, t, r: event_xml(
+        ns, _ok_attrs(e, "crash", a, t),
+        _dumps(_without(make_payload("crash", r), "device_id")))),
+    ("api-status-string", lambda ns, e, a, t, r: event_xml(
+        ns, _ok_attrs(e, "api", a, t), _dumps(make_payload("api", r) | {"status": "500"}))),
+    ("oversize", lambda ns, e, a, t, r: event_xml(
+        ns, _ok_attrs(e, "activity", a, t),
+        _dumps(make_payload("activity", r) | {"padding": "x" * OVERSIZE}))),
+)
+
+
+class EventFactory:
+    """Valid events (id, kind, XML) and a rotating mix of malformed ones, from one seeded RNG."""
+
+    def __init__(self, options: EmulatorOptions) -> None:
+        self.rng = random.Random(options.seed)
+        self.ns = options.namespace
+        self.kinds = options.kinds
+        self.api_status = options.api_status
+        self._malformed_n = 0
+
+    def valid(self, app: str, ts: str) -> tuple[str, str, str]:
+        """A new valid event as (id, kind, XML)."""
+        rng = self.rng
+        kind = self.kinds[int(rng.random() * len(self.kinds))]
+        eid = uuid4_text(rng)
+        text = _dumps(make_payload(kind, rng, self.api_status))
+        return eid, kind, (
+            f"<event xmlns='{self.ns}' id='{eid}' kind='{kind}' app='{xml_attr(app)}' ts='{ts}'>"
+            f"{xml_text(text)}</event>"
+        )
+
+    def malformed(self, app: str, ts: str, allow_oversize: bool = True) -> tuple[str, str]:
+        """The next defect in the rotation as (defect name, XML)."""
+        name, build = MALFORMED[self._malformed_n % len(MALFORMED)]
+        self._malformed_n += 1
+        if name == "oversize" and not allow_oversize:
+            name, build = MALFORMED[self._malformed_n % len(MALFORMED)]
+            self._malformed_n += 1
+        return name, build(self.ns, f"bad-{self._malformed_n}", app, ts, self.rng)
+
+
+# --- pacing ---------------------------------------------------------------------------------
+
+
+class Pacer:
+    """A token bucket in events: ``rate`` per second, holding at most ``burst``.
+
+    The bound on the bucket bounds catch-up: after a stall the stream resumes at most ``burst``
+    events ahead of the steady pace instead of bursting everything it owes.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst if rate <= 0 else min(burst, max(1.0, burst / 10))
+        self.last = now
+
+    def available(self, now: float) -> int:
+        """Events that may be sent now (unbounded when the rate is 0)."""
+        if self.rate <= 0:
+            return 1 << 62
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return int(self.tokens)
+
+    def take(self, n: int) -> None:
+        """Record that ``n`` events went out."""
+        if self.rate > 0:
+            self.tokens -= n
+
+    def delay(self, wanted: int) -> float:
+        """Seconds until ``wanted`` events are available (call after ``available``)."""
+        if self.rate <= 0 or self.tokens >= wanted:
+            return 0.0
+        return (min(wanted, self.burst) - self.tokens) / self.rate
+
+
+# --- the component --------------------------------------------------------------------------
+
+
+def decide(apps: dict[str, str], refuse: dict[str, int], app: str | None, key: str | None) -> int:
+    """The answer to a subscribe: OK (200) or an XEP-0086 code."""
+    if not app:
+        return 400
+    if app in refuse:
+        return refuse[app]
+    if app not in apps:
+        return 404
+    if key != apps[app]:
+        return 401
+    return OK
+
+
+class MonitorComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp's base is untyped
+    """The component: answers (un)subscribe IQs and keeps the set of subscribers."""
+
+    def __init__(self, options: EmulatorOptions, report: EmulatorReport) -> None:
+        super().__init__(options.jid, options.secret, options.host, options.port)
+        self.options = options
+        self.report = report
+        # bare JID -> app -> monotonic time from which it may receive events
+        self.subscribers: dict[str, dict[str, float]] = {}
+        self.changed = asyncio.Event()
+        ns = options.namespace
+        for verb in ("subscribe", "unsubscribe"):
+            self.register_handler(Callback(
+                f"monitor {verb}",
+                MatchXPath(f"{{{self.default_ns}}}iq/{{{ns}}}{verb}"),
+                self._on_subscribe if verb == "subscribe" else self._on_unsubscribe,
+            ))
+
+    def _answer(self, iq: Iq, code: int) -> None:
+        self.send_raw(iq_reply_xml(iq["id"], self.options.jid, str(iq["from"]), code))
+
+    def _on_subscribe(self, iq: Iq) -> None:
+        elem = iq.xml.find(f"{{{self.options.namespace}}}subscribe")
+        app, key = elem.get("app"), elem.get("key")
+        code = decide(self.options.apps, self.options.refuse, app, key)
+        if iq["type"] != "set":
+            code = 400
+        subscriber = JID(iq["from"]).bare
+        self._answer(iq, code)
+        if code != OK:
+            self.report.subscribes_refused += 1
+            logger.info("Refused subscribe of app {} from {}: {} {}.",
+                        app, subscriber, code, CONDITIONS[code][0])
+            return
+        self.report.subscribes_ok += 1
+        start = time.monotonic() + self.options.start_delay
+        self.subscribers.setdefault(subscriber, {})[str(app)] = start
+        self.changed.set()
+        logger.info("Subscribed {} to app {}.", subscriber, app)
+
+    def _on_unsubscribe(self, iq: Iq) -> None:
+        elem = iq.xml.find(f"{{{self.options.namespace}}}unsubscribe")
+        app = elem.get("app")
+        subscriber = JID(iq["from"]).bare
+        apps = self.subscribers.get(subscriber, {})
+        if app:
+            apps.pop(app, None)
+        else:
+            apps.clear()
+        if not apps:
+            self.subscribers.pop(subscriber, None)
+        self._answer(iq, OK)
+        self.changed.set()
+        logger.info("Unsubscribed {} from {}.", subscriber, app or "every app")
+
+    def targets(self, now: float) -> dict[str, list[str]]:
+        """app -> JIDs that should receive its events now."""
+        out: dict[str, list[str]] = {}
+        for jid, apps in self.subscribers.items():
+            for app, since in apps.items():
+                if since <= now:
+                    out.setdefault(app, []).append(jid)
+        return out
+
+    def buffered(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        if self.transport is None:
+            raise SessionError("The connection to the XMPP server was lost while streaming.")
+        return int(self.transport.get_write_buffer_size())
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+class _Streamer:
+    """The producing loop: composes stanzas, paces them, logs and counts them."""
+
+    def __init__(self, xmpp: MonitorComponent, options: EmulatorOptions,
+                 report: EmulatorReport, log: TextIO | None) -> None:
+        self.xmpp, self.options, self.report, self.log = xmpp, options, report, log
+        self.factory = EventFactory(options)
+        self.pending_dups: list[str] = []
+        self.mal_credit = 0.0
+        self.dup_credit = 0.0
+        self.msg_n = 0
+        self.app_n = 0
+        self.tag = f"{self.factory.rng.getrandbits(32):08x}"
+
+    def stanza(self, app: str, n: int, now: float) -> tuple[str, list[str]]:
+        """Events XML for one stanza of ``n`` new valid events, and the lines for the event log."""
+        o, f = self.options, self.factory
+        ts = utc_ts(now)
+        parts = self.pending_dups
+        self.pending_dups = []
+        self.report.duplicates_sent += len(parts)
+        lines = []
+        oversize_used = False
+        for _ in range(n):
+            eid, kind, xml = f.valid(app, ts)
+            parts.append(xml)
+            lines.append(f"{eid}\t{kind}\t{app}\n")
+            if o.duplicates:
+                self.dup_credit += o.duplicates
+                if self.dup_credit >= 1:
+                    self.dup_credit -= 1
+                    self.pending_dups.append(xml)
+            if o.malformed:
+                self.mal_credit += o.malformed
+                while self.mal_credit >= 1:
+                    self.mal_credit -= 1
+                    name, bad = f.malformed(app, ts, allow_oversize=not oversize_used)
+                    oversize_used = oversize_used or name == "oversize"
+                    parts.append(bad)
+                    self.report.malformed_sent += 1
+        self.report.events_sent += n
+        return "".join(parts), lines
+
+    def send(self, app: str, jids: list[str], events: str, lines: list[str]) -> None:
+        """Write one stanza per recipient, then its valid events to the log (in send order)."""
+        sender = self.options.jid
+        for jid in jids:
+            self.msg_n += 1
+            msg = (f"<message from='{sender}' to='{jid}' id='{self.tag}-{self.msg_n}'>"
+                   f"{events}<store xmlns='urn:xmpp:hints'/></message>")
+            self.xmpp.send_raw(msg)
+        self.report.stanzas_sent += len(jids)
+        if self.log is not None:
+            self.log.writelines(lines)
+
+    async def backpressure(self) -> None:
+        """Wait while the transport holds more than a few MB that the server has not read."""
+        if self.xmpp.buffered() > _HIGH_WATER:
+            while self.xmpp.buffered() > _LOW_WATER:
+                await asyncio.sleep(0.002)
+
+    async def run(self, stop: asyncio.Event, deadline: float) -> None:
+        o, report = self.options, self.report
+        pacer = Pacer(o.rate, max(float(o.batch), o.rate * 0.25), time.monotonic())
+        started = time.monotonic()
+        next_progress = started + _PROGRESS_EVERY
+        last_events = 0
+        since_yield = 0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= deadline or (o.count and report.events_sent >= o.count):
+                break
+            if now >= next_progress:
+                rate = (report.events_sent - last_events) / (now - next_progress + _PROGRESS_EVERY)
+                logger.info("Sent {} events in {} stanzas ({:.0f} events/s).",
+                            report.events_sent, report.stanzas_sent, rate)
+                last_events, next_progress = report.events_sent, now + _PROGRESS_EVERY
+                if self.log is not None:
+                    self.log.flush()
+            targets = self.xmpp.targets(now)
+            if not targets:
+                await self._wait_for_targets(stop, deadline, now)
+                continue
+            n = o.batch
+            if o.count:
+                n = min(n, o.count - report.events_sent)
+            if pacer.available(now) < n:
+                await asyncio.sleep(min(max(pacer.delay(n), 0.001), deadline - now))
+                continue
+            apps = sorted(targets)
+            app = apps[self.app_n % len(apps)]
+            self.app_n += 1
+            events, lines = self.stanza(app, n, time.time())
+            self.send(app, targets[app], events, lines)
+            pacer.take(n)
+            await self.backpressure()
+            since_yield += 1
+            if since_yield >= _YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+        if self.pending_dups and self.xmpp.targets(time.monotonic()):
+            targets = self.xmpp.targets(time.monotonic())
+            app = sorted(targets)[0]
+            dups, self.pending_dups = self.pending_dups, []
+            report.duplicates_sent += len(dups)
+            self.send(app, targets[app], "".join(dups), [])
+
+    async def _wait_for_targets(self, stop: asyncio.Event, deadline: float, now: float) -> None:
+        pending = [t for apps in self.xmpp.subscribers.values() for t in apps.values() if t > now]
+        timeout = min([deadline - now, 1.0, *(t - now for t in pending)])
+        self.xmpp.changed.clear()
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(
+            self.xmpp.changed.wait())]
+        await asyncio.wait(waiters, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+
+
+async def _connect(xmpp: MonitorComponent, options: EmulatorOptions) -> None:
+    """Connect and complete the XEP-0114 handshake, or raise a SessionError saying why."""
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[str] = loop.create_future()
+
+    def settle(reason: str) -> Callable[[Any], None]:
+        def handler(_: Any) -> None:
+            if not outcome.done():
+                outcome.set_result(reason)
+        return handler
+
+    for event in ("session_start", "connection_failed", "stream_error", "disconnected"):
+        xmpp.add_event_handler(event, settle(event))
+    xmpp.connect(options.host, options.port)
+    where = f"{options.host}:{options.port}"
+    try:
+        reason = await asyncio.wait_for(outcome, options.connect_timeout)
+    except TimeoutError:
+        xmpp.cancel_connection_attempt()
+        xmpp.abort()
+        raise NegotiationTimeout(
+            f"The XMPP server at {where} did not accept component {options.jid} within "
+            f"{options.connect_timeout:g} s: check that it is running and that its component "
+            "port is the one given with --port.") from None
+    if reason == "session_start":
+        return
+    xmpp.cancel_connection_attempt()
+    xmpp.abort()
+    if reason == "connection_failed":
+        raise SessionError(f"Cannot connect to the XMPP server's component port at {where}: "
+                           "check --host and --port and that the server is running.")
+    raise AuthenticationError(
+        f"The XMPP server at {where} refused component {options.jid}: check --jid and "
+        "--secret against its Component definition.")
+
+
+async def _drain(xmpp: MonitorComponent, timeout: float = 60.0) -> None:
+    """Wait until the transport has handed every byte to the kernel."""
+    deadline = time.monotonic() + timeout
+    while xmpp.transport is not None and xmpp.buffered() and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)
+
+
+async def run(options: EmulatorOptions, stop: asyncio.Event | None = None) -> EmulatorReport:
+    """Connect, serve subscribes, stream until count, duration or ``stop``; then flush and leave."""
+    report = EmulatorReport()
+    stop = stop or asyncio.Event()
+    xmpp = MonitorComponent(options, report)
+    for jid in options.to:
+        xmpp.subscribers[JID(jid).bare if "/" not in jid else jid] = dict.fromkeys(
+            options.apps, 0.0)
+    log = options.event_log.open("a", encoding="utf-8") if options.event_log else None
+    started = time.monotonic()
+    try:
+        await _connect(xmpp, options)
+        logger.info("Component {} connected to {}:{}; apps {}.",
+                    options.jid, options.host, options.port, ", ".join(sorted(options.apps)))
+        now = time.monotonic()
+        for apps in xmpp.subscribers.values():  # --to targets start after the delay too
+            for app in apps:
+                apps[app] = now + options.start_delay
+        deadline = now + options.duration if options.duration else float("inf")
+        streamer = _Streamer(xmpp, options, report, log)
+        await streamer.run(stop, deadline)
+        await _drain(xmpp)
+        report.elapsed = time.monotonic() - started
+        logger.info("Done: {} events, {} duplicates, {} malformed in {} stanzas in {:.2f} s.",
+                    report.events_sent, report.duplicates_sent, report.malformed_sent,
+                    report.stanzas_sent, report.elapsed)
+        if xmpp.transport is not None:
+            await xmpp.disconnect(wait=5.0)
+    finally:
+        if log is not None:
+            log.close()
+        if xmpp.transport is not None:
+            xmpp.abort()
+    return report
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def _app_key(text: str) -> tuple[str, str]:
+    name, sep, key = text.partition(":")
+    if not (name and sep and key):
+        raise argparse.ArgumentTypeError(f"expected NAME:KEY, got {text.split(':')[0]!r}:…")
+    return name, key
+
+
+def _refusal(text: str) -> tuple[str, int]:
+    app, sep, code = text.rpartition("=")
+    if not (app and sep and code.isdigit() and int(code) in CONDITIONS):
+        codes = ", ".join(map(str, CONDITIONS))
+        raise argparse.ArgumentTypeError(f"expected APP=CODE with CODE one of {codes}: {text!r}")
+    return app, int(code)
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text}")
+    return value
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind(s) {', '.join(sorted(unknown)) or '(none given)'}; "
+            f"known: {', '.join(KINDS)}")
+    return kinds
+
+
+def _batch(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_BATCH} events per stanza, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the emulator's options to the ``emulate`` sub-parser."""
+    d = EmulatorOptions()
+    a = parser.add_argument
+    a("--jid", default=d.jid, help="component JID (default %(default)s)")
+    a("--secret", default=None,
+      help="component secret (default: $XMPPMON_EMULATOR_SECRET); prefer the variable, "
+           "command lines are visible to every user")
+    a("--host", default=d.host, help="XMPP server address (default %(default)s)")
+    a("--port", type=int, default=d.port, help="server's component port (default %(default)s)")
+    a("--namespace", default=d.namespace, help="Monitor API namespace (default %(default)s)")
+    a("--app", dest="apps", action="append", type=_app_key, metavar="NAME:KEY",
+      help="an application and its API key, repeatable (default demo:demo-key)")
+    a("--refuse", action="append", type=_refusal, default=[], metavar="APP=CODE",
+      help="answer this app's subscribe with the XMPP error for CODE, repeatable")
+    a("--to", action="append", default=[], metavar="JID",
+      help="stream to this JID from the start, without waiting for a subscribe; repeatable")
+    a("--rate", type=float, default=d.rate, help="events per second, 0 = as fast as possible")
+    a("--batch", type=_batch, default=d.batch, help="events per stanza (default %(default)s)")
+    a("--count", type=int, default=d.count, help="valid events to send, 0 = unlimited")
+    a("--duration", type=float, default=d.duration, help="seconds to run, 0 = unlimited")
+    a("--kinds", type=_kinds, default=d.kinds, help=f"comma list (default {','.join(KINDS)})")
+    a("--malformed", type=_fraction, default=d.malformed,
+      help="malformed events added per valid event, 0..1")
+    a("--duplicates", type=_fraction, default=d.duplicates,
+      help="fraction of valid events sent again in a later stanza, 0..1")
+    a("--api-status", type=int, default=None, metavar="CODE",
+      help="force the status of every api event (default: a realistic mix)")
+    a("--event-log", type=Path, default=None, metavar="FILE",
+      help="append '<id>\\t<kind>\\t<app>' per valid event sent, in send order")
+    a("--seed", type=int, default=None, help="seed for reproducible events")
+    a("--start-delay", type=float, default=d.start_delay,
+      help="seconds between a subscriber appearing and its first event")
+
+
+def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
+    """Build the options from parsed arguments; a missing secret is a ConfigError."""
+    secret = args.secret or os.environ.get("XMPPMON_EMULATOR_SECRET", "")
+    if not secret:
+        raise ConfigError("The emulator needs the component secret: set "
+                          "XMPPMON_EMULATOR_SECRET or pass --secret.")
+    return EmulatorOptions(
+        secret=secret, jid=args.jid, host=args.host, port=args.port, namespace=args.namespace,
+        apps=dict(args.apps) if args.apps else {"demo": "demo-key"}, refuse=dict(args.refuse),
+        to=list(args.to), rate=args.rate, batch=args.batch, count=args.count,
+        duration=args.duration, kinds=args.kinds, malformed=args.malformed,
+        duplicates=args.duplicates, api_status=args.api_status, event_log=args.event_log,
+        seed=args.seed, start_delay=args.start_delay,
+    )

@@ -1,0 +1,160 @@
+"""Validation of Monitor API events (DESIGN §3) into records the store can write.
+
+This is the hot path: it runs once per streamed event, so it works on plain attribute dicts and
+strings and returns tuples, with one JSON decode per event and no model objects.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Final
+
+import orjson
+
+HISTORY_KINDS: Final = frozenset({"activity", "event", "job", "error", "crash"})
+STATE_KINDS: Final = frozenset({"device", "tag", "token", "push"})
+KINDS: Final = HISTORY_KINDS | STATE_KINDS | {"api"}
+PUSH_ACTIONS: Final = frozenset({"received", "displayed", "actioned", "exited"})
+
+MAX_ID = 128
+MAX_APP = 128
+MAX_FIELD = 512
+
+_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_APP = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# RFC 3339 in UTC: the contract says UTC, so any other offset is refused rather than converted.
+_TS = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(?:Z|\+00:00)")
+
+
+class InvalidEvent(ValueError):
+    """An event that breaks the contract; ``reason`` is what goes into the quarantine table."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One valid event: attributes, normalised timestamp, decoded payload and its original text."""
+
+    event_id: str
+    kind: str
+    app: str
+    ts: str
+    payload: dict[str, Any]
+    text: str
+
+
+def normalise_ts(value: str) -> str:
+    """Return ``value`` as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` or raise InvalidEvent.
+
+    One fixed width keeps text order equal to time order, which the (ts, event_id) index relies on.
+    """
+    match = _TS.fullmatch(value)
+    if match is None:
+        raise InvalidEvent(f"attribute ts is not an RFC 3339 UTC time: {value[:40]!r}")
+    seconds, fraction = match.groups()
+    if not (_valid_date(seconds[:10]) and seconds[11:13] < "24" and seconds[14:16] < "60"
+            and seconds[17:19] < "61"):  # fmt: skip
+        raise InvalidEvent(f"attribute ts is not a valid date: {value[:40]!r}")
+    millis = ((fraction or "") + "000")[:3]
+    return f"{seconds}.{millis}Z"
+
+
+@functools.lru_cache(maxsize=64)
+def _valid_date(day: str) -> bool:
+    # Events of one stream share a handful of dates, so the calendar check is cached.
+    try:
+        date.fromisoformat(day)
+    except ValueError:
+        return False
+    return True
+
+
+def utc_now() -> str:
+    """The current time in the store's timestamp format."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def _attribute(attrs: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:
+    value = attrs.get(name)
+    if value is None:
+        raise InvalidEvent(f"attribute {name} is missing")
+    if not value:
+        raise InvalidEvent(f"attribute {name} is empty")
+    if pattern.fullmatch(value) is None:
+        raise InvalidEvent(f"attribute {name} is malformed: {value[:40]!r}")
+    return value
+
+
+def _string(payload: dict[str, Any], name: str, kind: str) -> str:
+    value = payload.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidEvent(f"{kind} payload needs a non-empty string {name}")
+    if len(value) > MAX_FIELD:
+        raise InvalidEvent(f"{kind} payload field {name} is longer than {MAX_FIELD} characters")
+    return value
+
+
+def parse_event(attrs: dict[str, str], text: str | None, max_payload_bytes: int) -> Event:
+    """Validate one ``<event/>`` element's attributes and text, or raise InvalidEvent."""
+    event_id = _attribute(attrs, "id", _ID)
+    kind = attrs.get("kind")
+    if not kind:
+        raise InvalidEvent("attribute kind is missing")
+    if kind not in KINDS:
+        raise InvalidEvent(f"unknown kind {kind[:40]!r}")
+    app = _attribute(attrs, "app", _APP)
+    ts = normalise_ts(attrs.get("ts") or "")
+    if not text:
+        raise InvalidEvent("payload is empty")
+    # Characters are never more than bytes, so the cheap test first.
+    if len(text) > max_payload_bytes or len(text.encode()) > max_payload_bytes:
+        raise InvalidEvent(f"payload is larger than {max_payload_bytes} bytes")
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"payload is not valid JSON: {str(exc)[:80]}") from None
+    if not isinstance(payload, dict):
+        raise InvalidEvent(f"payload is a JSON {type(payload).__name__}, not an object")
+    _check_kind(kind, payload)
+    return Event(event_id, kind, app, ts, payload, text)
+
+
+def _check_kind(kind: str, payload: dict[str, Any]) -> None:
+    if kind == "api":
+        _string(payload, "api", kind)
+        status = payload.get("status")
+        if type(status) is not int or not 100 <= status <= 599:
+            raise InvalidEvent("api payload needs an integer HTTP status between 100 and 599")
+        latency = payload.get("latency_ms")
+        if latency is not None and (type(latency) is not int or latency < 0):
+            raise InvalidEvent("api payload field latency_ms must be a non-negative integer")
+        for name in ("method", "path", "request_id", "detail"):
+            value = payload.get(name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidEvent(f"api payload field {name} must be a string")
+        return
+    _string(payload, "device_id", kind)
+    if kind == "tag":
+        _string(payload, "name", kind)
+        if isinstance(payload.get("value"), dict | list):
+            raise InvalidEvent("tag payload field value must be a JSON scalar")
+    elif kind == "token":
+        _string(payload, "token", kind)
+        if type(payload.get("valid")) is not bool:
+            raise InvalidEvent("token payload needs a boolean valid")
+    elif kind == "push":
+        _string(payload, "campaign_id", kind)
+        if payload.get("action") not in PUSH_ACTIONS:
+            raise InvalidEvent(f"push payload action must be one of {sorted(PUSH_ACTIONS)}")
+
+
+def dumps_value(value: Any) -> str | None:
+    """A tag value as stored: JSON text, or NULL for null."""
+    return None if value is None else orjson.dumps(value).decode()

@@ -1,0 +1,48 @@
+"""The one error tree of xmppmon.
+
+::
+
+    XmppmonError                 root: anything xmppmon raises on purpose
+    ├── ConfigError              a setting is missing or invalid (exit code 2 at start-up)
+    ├── StoreError               the database cannot be opened, migrated or written
+    │   └── StoreClosedError     the store was used after close()
+    ├── SessionError             the XMPP session cannot be established
+    │   ├── AuthenticationError  the server refused the credentials (no retry helps)
+    │   └── NegotiationTimeout   the server accepted TCP but never finished the stream negotiation
+    └── PluginError              a plugin failed to load
+
+Lower-level errors (sqlite3, slixmpp's IqError/IqTimeout, OSError) are translated into these
+where they enter xmppmon, so callers and the CLI only need to know this tree.
+"""
+
+
+class XmppmonError(Exception):
+    """Root of every error xmppmon raises on purpose."""
+
+
+class ConfigError(XmppmonError):
+    """A setting is missing or invalid."""
+
+
+class StoreError(XmppmonError):
+    """The database cannot be opened, migrated or written."""
+
+
+class StoreClosedError(StoreError):
+    """The store was used after it was closed."""
+
+
+class SessionError(XmppmonError):
+    """The XMPP session cannot be established."""
+
+
+class AuthenticationError(SessionError):
+    """The server refused the credentials: retrying with the same ones cannot help."""
+
+
+class NegotiationTimeout(SessionError):
+    """The server accepted the TCP connection but did not finish the stream negotiation in time."""
+
+
+class PluginError(XmppmonError):
+    """A plugin failed to load."""

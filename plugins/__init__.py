@@ -1,0 +1,1 @@
+"""Built-in xmppmon plugins: slixmpp ``BasePlugin`` subclasses that turn stanzas into records."""
