@@ -25,7 +25,6 @@ from typing import Any, TextIO
 import orjson
 from loguru import logger
 from slixmpp import ComponentXMPP, Iq
-from slixmpp.jid import JID
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -247,7 +246,7 @@ def _dumps(payload: Any) -> str:
 
 
 # Each defect: (name, builder(ns, eid, app, ts, rng) -> event XML). The eid never collides with a
-# valid id: valid ids are UUIDs, these are 'bad-' plus a counter.
+# valid id: valid ids are UUIDs, these are 'bad-', a run tag and a counter.
 Defect = Callable[[str, str, str, str, random.Random], str]
 
 
@@ -300,6 +299,7 @@ class EventFactory:
         self.kinds = options.kinds
         self.api_status = options.api_status
         self._malformed_n = 0
+        self._tag = f"{self.rng.getrandbits(32):08x}"  # keeps malformed ids apart across runs
 
     def valid(self, app: str, ts: str) -> tuple[str, str, str]:
         """A new valid event as (id, kind, XML)."""
@@ -319,7 +319,7 @@ class EventFactory:
         if name == "oversize" and not allow_oversize:
             name, build = MALFORMED[self._malformed_n % len(MALFORMED)]
             self._malformed_n += 1
-        return name, build(self.ns, f"bad-{self._malformed_n}", app, ts, self.rng)
+        return name, build(self.ns, f"bad-{self._tag}-{self._malformed_n}", app, ts, self.rng)
 
 
 # --- pacing ---------------------------------------------------------------------------------
@@ -332,10 +332,10 @@ class Pacer:
     events ahead of the steady pace instead of bursting everything it owes.
     """
 
-    def __init__(self, rate: float, burst: float, now: float) -> None:
+    def __init__(self, rate: float, burst: float, now: float, initial: float = 0.0) -> None:
         self.rate = rate
         self.burst = burst
-        self.tokens = burst if rate <= 0 else min(burst, max(1.0, burst / 10))
+        self.tokens = min(burst, initial)
         self.last = now
 
     def available(self, now: float) -> int:
@@ -397,11 +397,13 @@ class MonitorComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp's base i
 
     def _on_subscribe(self, iq: Iq) -> None:
         elem = iq.xml.find(f"{{{self.options.namespace}}}subscribe")
+        if elem is None or iq["type"] in ("result", "error"):
+            return
         app, key = elem.get("app"), elem.get("key")
         code = decide(self.options.apps, self.options.refuse, app, key)
         if iq["type"] != "set":
             code = 400
-        subscriber = JID(iq["from"]).bare
+        subscriber = iq["from"].bare
         self._answer(iq, code)
         if code != OK:
             self.report.subscribes_refused += 1
@@ -416,8 +418,10 @@ class MonitorComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp's base i
 
     def _on_unsubscribe(self, iq: Iq) -> None:
         elem = iq.xml.find(f"{{{self.options.namespace}}}unsubscribe")
+        if elem is None or iq["type"] in ("result", "error"):
+            return
         app = elem.get("app")
-        subscriber = JID(iq["from"]).bare
+        subscriber = iq["from"].bare
         apps = self.subscribers.get(subscriber, {})
         if app:
             apps.pop(app, None)
@@ -455,19 +459,20 @@ class _Streamer:
                  report: EmulatorReport, log: TextIO | None) -> None:
         self.xmpp, self.options, self.report, self.log = xmpp, options, report, log
         self.factory = EventFactory(options)
-        self.pending_dups: list[str] = []
+        self.pending_dups: dict[str, list[str]] = {}  # app -> events to send again
         self.mal_credit = 0.0
         self.dup_credit = 0.0
         self.msg_n = 0
         self.app_n = 0
         self.tag = f"{self.factory.rng.getrandbits(32):08x}"
+        self._last_events, self._last_time = 0, time.monotonic()
 
     def stanza(self, app: str, n: int, now: float) -> tuple[str, list[str]]:
-        """Events XML for one stanza of ``n`` new valid events, and the lines for the event log."""
+        """Events XML for one stanza: earlier duplicates of ``app``, ``n`` new valid events with
+        the malformed ones owed; and the event-log lines of the valid ones."""
         o, f = self.options, self.factory
         ts = utc_ts(now)
-        parts = self.pending_dups
-        self.pending_dups = []
+        parts = self.pending_dups.pop(app, [])
         self.report.duplicates_sent += len(parts)
         lines = []
         oversize_used = False
@@ -479,11 +484,12 @@ class _Streamer:
                 self.dup_credit += o.duplicates
                 if self.dup_credit >= 1:
                     self.dup_credit -= 1
-                    self.pending_dups.append(xml)
+                    self.pending_dups.setdefault(app, []).append(xml)
             if o.malformed:
                 self.mal_credit += o.malformed
                 while self.mal_credit >= 1:
                     self.mal_credit -= 1
+                    # One oversize event per stanza keeps it under the server's size limit.
                     name, bad = f.malformed(app, ts, allow_oversize=not oversize_used)
                     oversize_used = oversize_used or name == "oversize"
                     parts.append(bad)
@@ -491,14 +497,12 @@ class _Streamer:
         self.report.events_sent += n
         return "".join(parts), lines
 
-    def send(self, app: str, jids: list[str], events: str, lines: list[str]) -> None:
+    def send(self, jids: list[str], events: str, lines: list[str]) -> None:
         """Write one stanza per recipient, then its valid events to the log (in send order)."""
-        sender = self.options.jid
         for jid in jids:
             self.msg_n += 1
-            msg = (f"<message from='{sender}' to='{jid}' id='{self.tag}-{self.msg_n}'>"
-                   f"{events}<store xmlns='urn:xmpp:hints'/></message>")
-            self.xmpp.send_raw(msg)
+            self.xmpp.send_raw(
+                message_xml(self.options.jid, jid, f"{self.tag}-{self.msg_n}", (events,)))
         self.report.stanzas_sent += len(jids)
         if self.log is not None:
             self.log.writelines(lines)
@@ -509,31 +513,33 @@ class _Streamer:
             while self.xmpp.buffered() > _LOW_WATER:
                 await asyncio.sleep(0.002)
 
+    def progress(self, now: float) -> None:
+        report = self.report
+        rate = (report.events_sent - self._last_events) / (now - self._last_time)
+        logger.info("Sent {} events in {} stanzas ({:.0f} events/s).",
+                    report.events_sent, report.stanzas_sent, rate)
+        self._last_events, self._last_time = report.events_sent, now
+        if self.log is not None:
+            self.log.flush()
+
     async def run(self, stop: asyncio.Event, deadline: float) -> None:
+        """Stream until ``count`` valid events went out, ``deadline`` passed or ``stop`` is set."""
         o, report = self.options, self.report
-        pacer = Pacer(o.rate, max(float(o.batch), o.rate * 0.25), time.monotonic())
-        started = time.monotonic()
-        next_progress = started + _PROGRESS_EVERY
-        last_events = 0
+        now = time.monotonic()
+        pacer = Pacer(o.rate, max(float(o.batch), o.rate * 0.25), now, initial=o.batch)
+        self._last_time = now
         since_yield = 0
         while not stop.is_set():
             now = time.monotonic()
             if now >= deadline or (o.count and report.events_sent >= o.count):
                 break
-            if now >= next_progress:
-                rate = (report.events_sent - last_events) / (now - next_progress + _PROGRESS_EVERY)
-                logger.info("Sent {} events in {} stanzas ({:.0f} events/s).",
-                            report.events_sent, report.stanzas_sent, rate)
-                last_events, next_progress = report.events_sent, now + _PROGRESS_EVERY
-                if self.log is not None:
-                    self.log.flush()
+            if now - self._last_time >= _PROGRESS_EVERY:
+                self.progress(now)
             targets = self.xmpp.targets(now)
             if not targets:
                 await self._wait_for_targets(stop, deadline, now)
                 continue
-            n = o.batch
-            if o.count:
-                n = min(n, o.count - report.events_sent)
+            n = min(o.batch, o.count - report.events_sent) if o.count else o.batch
             if pacer.available(now) < n:
                 await asyncio.sleep(min(max(pacer.delay(n), 0.001), deadline - now))
                 continue
@@ -541,26 +547,27 @@ class _Streamer:
             app = apps[self.app_n % len(apps)]
             self.app_n += 1
             events, lines = self.stanza(app, n, time.time())
-            self.send(app, targets[app], events, lines)
+            self.send(targets[app], events, lines)
             pacer.take(n)
             await self.backpressure()
             since_yield += 1
             if since_yield >= _YIELD_EVERY:
                 since_yield = 0
                 await asyncio.sleep(0)
-        if self.pending_dups and self.xmpp.targets(time.monotonic()):
-            targets = self.xmpp.targets(time.monotonic())
-            app = sorted(targets)[0]
-            dups, self.pending_dups = self.pending_dups, []
-            report.duplicates_sent += len(dups)
-            self.send(app, targets[app], "".join(dups), [])
+        targets = self.xmpp.targets(time.monotonic())
+        for app, dups in self.pending_dups.items():  # the duplicates still owed
+            if app in targets:
+                report.duplicates_sent += len(dups)
+                self.send(targets[app], "".join(dups), [])
+        self.pending_dups.clear()
 
     async def _wait_for_targets(self, stop: asyncio.Event, deadline: float, now: float) -> None:
-        pending = [t for apps in self.xmpp.subscribers.values() for t in apps.values() if t > now]
-        timeout = min([deadline - now, 1.0, *(t - now for t in pending)])
+        """Sleep until a subscriber may change things, ``stop`` is set or a second passed."""
+        starts = [t - now for apps in self.xmpp.subscribers.values() for t in apps.values()]
+        timeout = min([deadline - now, 1.0, *(t for t in starts if t > 0)])
         self.xmpp.changed.clear()
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(
-            self.xmpp.changed.wait())]
+        waiters = [asyncio.ensure_future(stop.wait()),
+                   asyncio.ensure_future(self.xmpp.changed.wait())]
         await asyncio.wait(waiters, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
         for w in waiters:
             w.cancel()
@@ -615,8 +622,7 @@ async def run(options: EmulatorOptions, stop: asyncio.Event | None = None) -> Em
     stop = stop or asyncio.Event()
     xmpp = MonitorComponent(options, report)
     for jid in options.to:
-        xmpp.subscribers[JID(jid).bare if "/" not in jid else jid] = dict.fromkeys(
-            options.apps, 0.0)
+        xmpp.subscribers[jid] = dict.fromkeys(options.apps, 0.0)
     log = options.event_log.open("a", encoding="utf-8") if options.event_log else None
     started = time.monotonic()
     try:

@@ -15,7 +15,7 @@ import os
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,6 +178,10 @@ class Store:
         #: Monotonic time of the last successful commit, for the watchdog.
         self.last_commit = time.monotonic()
         self.committed_events = 0
+        #: Called with True when the backlog passes ``high_water`` and False once it drains.
+        self.backpressure: Callable[[bool], None] | None = None
+        self.high_water = max(50 * settings.batch_size, 100_000)
+        self._over = False
 
     @classmethod
     async def open(cls, settings: StoreSettings) -> Store:
@@ -249,9 +253,17 @@ class Store:
         return future
 
     def _poke(self) -> None:
-        if len(self._events) + len(self._quarantine) >= self.settings.batch_size:
+        pending = len(self._events) + len(self._quarantine)
+        if pending >= self.settings.batch_size:
             self._full.set()
+            if pending >= self.high_water and not self._over:
+                self._signal_backpressure(True)
         self._wake.set()
+
+    def _signal_backpressure(self, over: bool) -> None:
+        self._over = over
+        if self.backpressure is not None:
+            self.backpressure(over)
 
     def _check_open(self) -> None:
         if self._closed or self._closing:
@@ -319,6 +331,8 @@ class Store:
                 await self._conn.rollback()
             raise
         self.committed_events += inserted
+        if self._over and self.pending < self.high_water // 10:
+            self._signal_backpressure(False)
         self.last_commit = time.monotonic()
         if not self.healthy:
             log.info("database writes recovered; committed {} pending record(s)", len(events))

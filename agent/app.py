@@ -1,0 +1,61 @@
+"""The agent's lifecycle: open the store, run the session, close them in reverse order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from loguru import logger
+
+from agent import __version__
+from agent.config import Settings
+from agent.events import utc_now
+from agent.session import MonitorSession
+from agent.store import Store
+
+log = logger.bind(component="agent")
+
+
+@dataclass
+class App:
+    settings: Settings
+    store: Store
+    session: MonitorSession
+
+
+@contextlib.asynccontextmanager
+async def lifespan(settings: Settings) -> AsyncIterator[App]:
+    """``async with lifespan(settings) as app``: the store, then the session; closed in reverse."""
+    store = await Store.open(settings.store)
+    try:
+        store.set_state("started_at", utc_now())
+        store.set_state("pid", os.getpid())
+        store.set_state("version", __version__)
+        session = MonitorSession(settings, store)
+        yield App(settings, store, session)
+    finally:
+        await store.close()
+
+
+async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "xmppmon {} starting: {} -> {} ({} app(s)), database {}",
+        __version__,
+        settings.xmpp.jid,
+        settings.monitor.jid,
+        len(settings.monitor.apps),
+        settings.store.path,
+    )
+    async with lifespan(settings) as app:
+        await app.session.run(stop)
+    log.info("xmppmon stopped")

@@ -1,0 +1,290 @@
+"""The ``xmppmon`` command: run the agent, emulate the Monitor API, inspect the database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import sqlite3
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agent import __version__
+from agent.config import Settings, load_settings
+from agent.exceptions import ConfigError, XmppmonError
+from agent.store import connect_readonly
+
+EXIT_CONFIG = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    if getattr(args, "database", None):
+        settings.store.path = Path(args.database)
+    return settings
+
+
+def _setup_logs(settings: Settings) -> None:
+    from agent.logs import setup_logging
+
+    setup_logging(settings.log)
+
+
+# -- run -----------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM or Ctrl-C."""
+    settings = _settings(args)
+    _setup_logs(settings)
+    from agent.app import run_agent
+
+    asyncio.run(run_agent(settings))
+    return 0
+
+
+# -- emulate -------------------------------------------------------------------------------------
+
+
+def cmd_emulate(args: argparse.Namespace) -> int:
+    """Run the Monitor API emulator (an XEP-0114 component) until done or Ctrl-C."""
+    from agent import emulator
+    from agent.logs import setup_logging
+    from agent.config import LogSettings
+
+    setup_logging(LogSettings(level=args.log_level))
+    options = emulator.options_from_args(args)
+    try:
+        report = asyncio.run(emulator.run(options))
+    except KeyboardInterrupt:
+        return 130
+    print(orjson.dumps(report, default=_jsonable).decode() if args.json else report)
+    return 0
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+    return str(obj)
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """What ``xmppmon status`` shows, from the database alone (the agent may be down)."""
+    conn = connect_readonly(path)
+    try:
+        state = {row["key"]: row["value"] for row in conn.execute("SELECT key, value FROM agent_state")}
+        counters = {row["name"]: row["value"] for row in conn.execute("SELECT name, value FROM counters")}
+        since = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 60))
+        last_minute = conn.execute(
+            "SELECT (SELECT count(*) FROM events WHERE ts >= ?1)"
+            " + (SELECT count(*) FROM api_calls WHERE ts >= ?1)",
+            (since,),
+        ).fetchone()[0]
+        totals = {
+            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+            for table in ("events", "api_calls", "devices", "tags", "tokens", "push_feedback", "quarantine")
+        }
+        reasons = {
+            row[0]: row[1]
+            for row in conn.execute(
+                "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC LIMIT 10"
+            )
+        }
+    finally:
+        conn.close()
+    heartbeat_age = None
+    if state.get("heartbeat"):
+        heartbeat = time.mktime(time.strptime(state["heartbeat"][:19], "%Y-%m-%dT%H:%M:%S"))
+        heartbeat_age = round(time.mktime(time.gmtime()) - heartbeat, 1)
+    return {
+        "database": str(path),
+        "session": state.get("session"),
+        "connected_since": state.get("connected_since"),
+        "last_error": state.get("last_error"),
+        "last_ping_rtt_ms": _number(state.get("last_ping_rtt_ms")),
+        "last_ping_at": state.get("last_ping_at"),
+        "heartbeat_age_s": heartbeat_age,
+        "reconnects": _number(state.get("reconnects")),
+        "subscriptions": orjson.loads(state["subscriptions"]) if state.get("subscriptions") else {},
+        "events_last_minute": last_minute,
+        "rows": totals,
+        "counters": counters,
+        "quarantine_reasons": reasons,
+        "version": state.get("version"),
+        "pid": _number(state.get("pid")),
+    }
+
+
+def _number(value: str | None) -> float | int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return float(value)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the agent's session state and counts from the database."""
+    status = read_status(_settings(args).store.path)
+    if args.json:
+        print(orjson.dumps(status, option=orjson.OPT_INDENT_2).decode())
+        return 0
+    width = 20
+    for key, value in status.items():
+        if isinstance(value, dict):
+            shown = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        else:
+            shown = "-" if value is None else str(value)
+        print(f"{key.replace('_', ' '):<{width}} {shown}")
+    return 0
+
+
+# -- query ---------------------------------------------------------------------------------------
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Run one read-only SQL statement and print the rows."""
+    conn = connect_readonly(_settings(args).store.path)
+    try:
+        cursor = conn.execute(args.sql)
+        columns = [d[0] for d in cursor.description or ()]
+        rows = [tuple(row) for row in cursor.fetchmany(args.limit) if True]
+    except sqlite3.Error as exc:
+        raise XmppmonError(f"query failed: {exc}") from None
+    finally:
+        conn.close()
+    _print_rows(columns, rows, args.format)
+    return 0
+
+
+def _print_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> None:
+    if fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif fmt == "json":
+        for row in rows:
+            sys.stdout.write(orjson.dumps(dict(zip(columns, row, strict=True))).decode() + "\n")
+    else:
+        cells = [[("" if v is None else str(v))[:80] for v in row] for row in rows]
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+        print("  ".join("-" * w for w in widths))
+        for row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+# -- tail ----------------------------------------------------------------------------------------
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Follow new events as the agent commits them."""
+    path = _settings(args).store.path
+    conn = connect_readonly(path)
+    table = "api_calls" if args.api else "events"
+    columns = "id, ts, app, api || ' ' || status AS kind, event_id" if args.api else "id, ts, app, kind, event_id"
+    try:
+        last = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0] - args.lines  # noqa: S608
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while deadline is None or time.monotonic() < deadline:
+            rows = conn.execute(
+                f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id LIMIT 1000",  # noqa: S608
+                (last,),
+            ).fetchall()
+            for row in rows:
+                print(f"{row['ts']}  {row['app']:<12} {row['kind']:<10} {row['event_id']}", flush=True)
+                last = row["id"]
+            if not rows:
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conn.close()
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Local demo: a private Prosody, the emulated Monitor API, and the agent, on 127.0.0.1."""
+    from agent.demo import run_demo
+
+    return run_demo(args)
+
+
+# -- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xmppmon",
+        description="Keep a Monitor API session alive over XMPP and persist its events to SQLite.",
+        epilog="Settings come from XMPPMON_* variables, the TOML file, and $CREDENTIALS_DIRECTORY.",
+    )
+    parser.add_argument("--version", action="version", version=f"xmppmon {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="TOML settings file (default: $XMPPMON_CONFIG)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=(func.__doc__ or "").strip(), description=(func.__doc__ or "").strip(), **kw)
+        p.set_defaults(func=func)
+        return p
+
+    add("run", cmd_run)
+
+    from agent import emulator
+
+    p = add("emulate", cmd_emulate)
+    emulator.add_arguments(p)
+    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--json", action="store_true", help="print the final report as JSON")
+
+    for name, func in (("status", cmd_status), ("query", cmd_query), ("tail", cmd_tail)):
+        p = add(name, func)
+        p.add_argument("--database", metavar="PATH", help="SQLite file (default: XMPPMON_STORE__PATH)")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        elif name == "query":
+            p.add_argument("sql", help='one SQL statement, e.g. "SELECT kind, count(*) FROM events GROUP BY kind"')
+            p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+            p.add_argument("--csv", dest="format", action="store_const", const="csv")
+            p.add_argument("--json", dest="format", action="store_const", const="json")
+            p.add_argument("--limit", type=int, default=10_000, help="at most this many rows")
+        else:
+            p.add_argument("--api", action="store_true", help="follow api_calls instead of events")
+            p.add_argument("--lines", "-n", type=int, default=10, help="start with the last N rows")
+            p.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
+            p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
+
+    p = add("demo", cmd_demo)
+    p.add_argument("--duration", type=float, default=60, help="seconds to run (0: until Ctrl-C)")
+    p.add_argument("--rate", type=float, default=200, help="events per second from the emulator")
+    p.add_argument("--batch", type=int, default=5, help="events per stanza")
+    p.add_argument("--workdir", metavar="DIR", help="keep the demo's files here (default: a temp dir)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"xmppmon: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except XmppmonError as exc:
+        print(f"xmppmon: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
