@@ -30,7 +30,7 @@ class App:
 @contextlib.asynccontextmanager
 async def lifespan(settings: Settings) -> AsyncIterator[App]:
     """``async with lifespan(settings) as app``: the store, then the session; closed in reverse."""
-    store = await Store.open(settings.store)
+    store = await Store.open(settings.store, settings.alerts)
     try:
         store.set_state("started_at", utc_now())
         store.set_state("pid", os.getpid())

@@ -24,9 +24,11 @@ from typing import Any, TextIO
 
 import orjson
 from loguru import logger
-from slixmpp import ComponentXMPP, Iq
+from slixmpp import ComponentXMPP
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
+from slixmpp.xmlstream.stanzabase import StanzaBase
+from slixmpp.xmlstream.xmlstream import NotConnectedError
 
 from agent.exceptions import AuthenticationError, ConfigError, NegotiationTimeout, SessionError
 
@@ -54,6 +56,7 @@ CONDITIONS: dict[int, tuple[str, str]] = {
 }
 
 OK = 200
+LOST = "The connection to the XMPP server was lost while streaming: is the server still running?"
 MAX_BATCH = 1000  # ~200 B per event keeps a stanza well under Prosody's 512 KiB component limit
 OVERSIZE = 64 * 1024 + 1024
 _HIGH_WATER = 4 * 1024 * 1024  # bytes queued in the transport before the producer waits
@@ -93,7 +96,8 @@ class EmulatorOptions:
 
 @dataclass
 class EmulatorReport:
-    """What one run sent and answered."""
+    """What one run sent and answered; ``elapsed`` runs from the handshake to the last byte
+    handed to the kernel (before the stream is closed)."""
 
     events_sent: int = 0
     duplicates_sent: int = 0
@@ -188,11 +192,19 @@ _CALLS = (
 # Mostly successes, with every alerting class represented.
 _STATUSES = (200,) * 70 + (201,) * 18 + (207, 400, 401, 402, 403, 404, 409, 413, 429, 500, 503, 504)
 _DETAILS = {
-    200: "ok", 201: "created", 207: "multi-status: see items", 400: "invalid parameter 'period'",
-    401: "authentication error: check the AppID and API key", 402: "billing lock: off quotas",
-    403: "campaign must be finished", 404: "campaign not found", 409: "name already used",
-    413: "too many device ids (limit 1000)", 429: "too many requests",
-    500: "error while processing the payload", 503: "analytics not computed yet",
+    200: "ok",
+    201: "created",
+    207: "multi-status: see items",
+    400: "invalid parameter 'period'",
+    401: "authentication error: check the AppID and API key",
+    402: "billing lock: off quotas",
+    403: "campaign must be finished",
+    404: "campaign not found",
+    409: "name already used",
+    413: "too many device ids (limit 1000)",
+    429: "too many requests",
+    500: "error while processing the payload",
+    503: "analytics not computed yet",
     504: "server could not answer in time",
 }
 
@@ -205,14 +217,20 @@ def make_payload(kind: str, rng: random.Random, api_status: int | None = None) -
         api, method, path = _CALLS[n % len(_CALLS)]
         status = api_status if api_status is not None else _STATUSES[n % len(_STATUSES)]
         return {
-            "api": api, "method": method, "path": path.format(n=n), "status": status,
-            "request_id": uuid4_text(rng), "latency_ms": 20 + int(rng.random() * 900),
+            "api": api,
+            "method": method,
+            "path": path.format(n=n),
+            "status": status,
+            "request_id": uuid4_text(rng),
+            "latency_ms": 20 + int(rng.random() * 900),
             "detail": _DETAILS.get(status, f"HTTP {status}"),
         }
     if kind in HISTORY_KINDS:
         names = _NAMES[kind]
         payload: dict[str, Any] = {
-            "device_id": device, "name": names[n % len(names)], "session_id": f"s-{n * 7 % 997}",
+            "device_id": device,
+            "name": names[n % len(names)],
+            "session_id": f"s-{n * 7 % 997}",
         }
         if kind == "activity":
             payload["duration_ms"] = int(rng.random() * 60_000)
@@ -224,18 +242,23 @@ def make_payload(kind: str, rng: random.Random, api_status: int | None = None) -
     if kind == "device":
         locale, tz = _LOCALES[n % len(_LOCALES)]
         return {
-            "device_id": device, "model": _MODELS[n % len(_MODELS)], "locale": locale,
-            "timezone": tz, "first_seen": utc_ts(1.7e9 + n * 3600.0),
+            "device_id": device,
+            "model": _MODELS[n % len(_MODELS)],
+            "locale": locale,
+            "timezone": tz,
+            "first_seen": utc_ts(1.7e9 + n * 3600.0),
         }
     if kind == "tag":
         name = _TAGS[n % len(_TAGS)]
         value: Any = (f"v{n}", n, n / 8, n % 2 == 0)[n % 4]
         return {"device_id": device, "name": name, "value": value}
     if kind == "token":
-        return {"device_id": device, "token": f"tok-{rng.getrandbits(64):016x}", "valid": n % 5 != 0}
+        token = f"tok-{rng.getrandbits(64):016x}"
+        return {"device_id": device, "token": token, "valid": n % 5 != 0}
     if kind == "push":
         return {
-            "device_id": device, "campaign_id": f"c-{n % 40}",
+            "device_id": device,
+            "campaign_id": f"c-{n % 40}",
             "action": PUSH_ACTIONS[n % len(PUSH_ACTIONS)],
         }
     raise ValueError(f"unknown event kind {kind!r}")
@@ -245,49 +268,43 @@ def _dumps(payload: Any) -> str:
     return orjson.dumps(payload).decode()
 
 
-# Each defect: (name, builder(ns, eid, app, ts, rng) -> event XML). The eid never collides with a
-# valid id: valid ids are UUIDs, these are 'bad-', a run tag and a counter.
-Defect = Callable[[str, str, str, str, random.Random], str]
+# The defects of DESIGN.md §3's validation rules, sent in this rotation. Malformed ids never
+# collide with valid ones: valid ids are UUIDs, these are 'bad-', a run tag and a counter.
+DEFECTS = (
+    "invalid-json", "json-list", "json-number", "missing-id", "empty-id", "missing-kind",
+    "unknown-kind", "missing-app", "bad-ts", "missing-device-id", "api-status-string", "oversize",
+)  # fmt: skip
 
 
-def _ok_attrs(eid: str, kind: str, app: str, ts: str) -> dict[str, str]:
-    return {"id": eid, "kind": kind, "app": app, "ts": ts}
-
-
-def _activity(rng: random.Random) -> str:
-    return _dumps(make_payload("activity", rng))
-
-
-def _without(attrs: dict[str, str], name: str) -> dict[str, str]:
-    return {k: v for k, v in attrs.items() if k != name}
-
-
-MALFORMED: tuple[tuple[str, Defect], ...] = (
-    ("invalid-json", lambda ns, e, a, t, r: event_xml(
-        ns, _ok_attrs(e, "activity", a, t), '{"device_id": "d-1", "name": <&>')),
-    ("json-list", lambda ns, e, a, t, r: event_xml(ns, _ok_attrs(e, "event", a, t), '["d-1", 2]')),
-    ("json-number", lambda ns, e, a, t, r: event_xml(ns, _ok_attrs(e, "job", a, t), "42")),
-    ("missing-id", lambda ns, e, a, t, r: event_xml(
-        ns, _without(_ok_attrs(e, "activity", a, t), "id"), _activity(r))),
-    ("empty-id", lambda ns, e, a, t, r: event_xml(
-        ns, _ok_attrs("", "activity", a, t), _activity(r))),
-    ("missing-kind", lambda ns, e, a, t, r: event_xml(
-        ns, _without(_ok_attrs(e, "activity", a, t), "kind"), _activity(r))),
-    ("unknown-kind", lambda ns, e, a, t, r: event_xml(
-        ns, _ok_attrs(e, "telemetry", a, t), _activity(r))),
-    ("missing-app", lambda ns, e, a, t, r: event_xml(
-        ns, _without(_ok_attrs(e, "activity", a, t), "app"), _activity(r))),
-    ("bad-ts", lambda ns, e, a, t, r: event_xml(
-        ns, _ok_attrs(e, "activity", a, "yesterday"), _activity(r))),
-    ("missing-device-id", lambda ns, e, a, t, r: event_xml(
-        ns, _ok_attrs(e, "crash", a, t),
-        _dumps(_without(make_payload("crash", r), "device_id")))),
-    ("api-status-string", lambda ns, e, a, t, r: event_xml(
-        ns, _ok_attrs(e, "api", a, t), _dumps(make_payload("api", r) | {"status": "500"}))),
-    ("oversize", lambda ns, e, a, t, r: event_xml(
-        ns, _ok_attrs(e, "activity", a, t),
-        _dumps(make_payload("activity", r) | {"padding": "x" * OVERSIZE}))),
-)
+def malformed_event(defect: str, ns: str, eid: str, app: str, ts: str, rng: random.Random) -> str:
+    """An ``<event/>`` that breaks exactly the rule named by ``defect``."""
+    attrs = {"id": eid, "kind": "activity", "app": app, "ts": ts}
+    payload = make_payload("activity", rng)
+    text = None
+    match defect:
+        case "invalid-json":
+            text = '{"device_id": "d-1", "name": <&>'
+        case "json-list":
+            text = '["d-1", 2]'
+        case "json-number":
+            text = "42"
+        case "missing-id" | "missing-kind" | "missing-app":
+            del attrs[defect.removeprefix("missing-")]
+        case "empty-id":
+            attrs["id"] = ""
+        case "unknown-kind":
+            attrs["kind"] = "telemetry"
+        case "bad-ts":
+            attrs["ts"] = "yesterday"
+        case "missing-device-id":
+            del payload["device_id"]
+        case "api-status-string":
+            attrs["kind"], payload = "api", make_payload("api", rng) | {"status": "500"}
+        case "oversize":
+            payload["padding"] = "x" * OVERSIZE
+        case _:
+            raise ValueError(f"unknown defect {defect!r}")
+    return event_xml(ns, attrs, _dumps(payload) if text is None else text)
 
 
 class EventFactory:
@@ -307,19 +324,18 @@ class EventFactory:
         kind = self.kinds[int(rng.random() * len(self.kinds))]
         eid = uuid4_text(rng)
         text = _dumps(make_payload(kind, rng, self.api_status))
-        return eid, kind, (
-            f"<event xmlns='{self.ns}' id='{eid}' kind='{kind}' app='{xml_attr(app)}' ts='{ts}'>"
-            f"{xml_text(text)}</event>"
-        )
+        head = f"<event xmlns='{self.ns}' id='{eid}' kind='{kind}' app='{xml_attr(app)}'"
+        return eid, kind, f"{head} ts='{ts}'>{xml_text(text)}</event>"
 
     def malformed(self, app: str, ts: str, allow_oversize: bool = True) -> tuple[str, str]:
         """The next defect in the rotation as (defect name, XML)."""
-        name, build = MALFORMED[self._malformed_n % len(MALFORMED)]
+        defect = DEFECTS[self._malformed_n % len(DEFECTS)]
         self._malformed_n += 1
-        if name == "oversize" and not allow_oversize:
-            name, build = MALFORMED[self._malformed_n % len(MALFORMED)]
+        if defect == "oversize" and not allow_oversize:
+            defect = DEFECTS[self._malformed_n % len(DEFECTS)]
             self._malformed_n += 1
-        return name, build(self.ns, f"bad-{self._tag}-{self._malformed_n}", app, ts, self.rng)
+        eid = f"bad-{self._tag}-{self._malformed_n}"
+        return defect, malformed_event(defect, self.ns, eid, app, ts, self.rng)
 
 
 # --- pacing ---------------------------------------------------------------------------------
@@ -374,11 +390,14 @@ def decide(apps: dict[str, str], refuse: dict[str, int], app: str | None, key: s
     return OK
 
 
-class MonitorComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp's base is untyped
+class MonitorComponent(ComponentXMPP):
     """The component: answers (un)subscribe IQs and keeps the set of subscribers."""
 
     def __init__(self, options: EmulatorOptions, report: EmulatorReport) -> None:
-        super().__init__(options.jid, options.secret, options.host, options.port)
+        # slixmpp leaves ComponentXMPP.__init__ unannotated.
+        super().__init__(  # type: ignore[no-untyped-call]
+            options.jid, options.secret, options.host, options.port
+        )
         self.options = options
         self.report = report
         # bare JID -> app -> monotonic time from which it may receive events
@@ -386,16 +405,18 @@ class MonitorComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp's base i
         self.changed = asyncio.Event()
         ns = options.namespace
         for verb in ("subscribe", "unsubscribe"):
-            self.register_handler(Callback(
-                f"monitor {verb}",
-                MatchXPath(f"{{{self.default_ns}}}iq/{{{ns}}}{verb}"),
-                self._on_subscribe if verb == "subscribe" else self._on_unsubscribe,
-            ))
+            self.register_handler(
+                Callback(
+                    f"monitor {verb}",
+                    MatchXPath(f"{{{self.default_ns}}}iq/{{{ns}}}{verb}"),
+                    self._on_subscribe if verb == "subscribe" else self._on_unsubscribe,
+                )
+            )
 
-    def _answer(self, iq: Iq, code: int) -> None:
+    def _answer(self, iq: StanzaBase, code: int) -> None:
         self.send_raw(iq_reply_xml(iq["id"], self.options.jid, str(iq["from"]), code))
 
-    def _on_subscribe(self, iq: Iq) -> None:
+    def _on_subscribe(self, iq: StanzaBase) -> None:
         elem = iq.xml.find(f"{{{self.options.namespace}}}subscribe")
         if elem is None or iq["type"] in ("result", "error"):
             return
@@ -407,16 +428,22 @@ class MonitorComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp's base i
         self._answer(iq, code)
         if code != OK:
             self.report.subscribes_refused += 1
-            logger.info("Refused subscribe of app {} from {}: {} {}.",
-                        app, subscriber, code, CONDITIONS[code][0])
+            logger.info(
+                "Refused subscribe of app {} from {}: {} {}.",
+                app,
+                subscriber,
+                code,
+                CONDITIONS[code][0],
+            )
             return
         self.report.subscribes_ok += 1
+        # A subscriber that reconnects and subscribes again keeps its place in the stream.
         start = time.monotonic() + self.options.start_delay
-        self.subscribers.setdefault(subscriber, {})[str(app)] = start
+        self.subscribers.setdefault(subscriber, {}).setdefault(str(app), start)
         self.changed.set()
         logger.info("Subscribed {} to app {}.", subscriber, app)
 
-    def _on_unsubscribe(self, iq: Iq) -> None:
+    def _on_unsubscribe(self, iq: StanzaBase) -> None:
         elem = iq.xml.find(f"{{{self.options.namespace}}}unsubscribe")
         if elem is None or iq["type"] in ("result", "error"):
             return
@@ -445,7 +472,7 @@ class MonitorComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp's base i
     def buffered(self) -> int:
         """Bytes written but not yet handed to the kernel."""
         if self.transport is None:
-            raise SessionError("The connection to the XMPP server was lost while streaming.")
+            raise SessionError(LOST)
         return int(self.transport.get_write_buffer_size())
 
 
@@ -455,13 +482,18 @@ class MonitorComponent(ComponentXMPP):  # type: ignore[misc]  # slixmpp's base i
 class _Streamer:
     """The producing loop: composes stanzas, paces them, logs and counts them."""
 
-    def __init__(self, xmpp: MonitorComponent, options: EmulatorOptions,
-                 report: EmulatorReport, log: TextIO | None) -> None:
+    def __init__(
+        self,
+        xmpp: MonitorComponent,
+        options: EmulatorOptions,
+        report: EmulatorReport,
+        log: TextIO | None,
+    ) -> None:
         self.xmpp, self.options, self.report, self.log = xmpp, options, report, log
         self.factory = EventFactory(options)
         self.pending_dups: dict[str, list[str]] = {}  # app -> events to send again
-        self.mal_credit = 0.0
-        self.dup_credit = 0.0
+        # Counted from totals rather than accumulated, so 0.1 of 100 events is exactly 10.
+        self.valid_n = self.dups_made = self.mal_made = 0
         self.msg_n = 0
         self.app_n = 0
         self.tag = f"{self.factory.rng.getrandbits(32):08x}"
@@ -480,15 +512,13 @@ class _Streamer:
             eid, kind, xml = f.valid(app, ts)
             parts.append(xml)
             lines.append(f"{eid}\t{kind}\t{app}\n")
-            if o.duplicates:
-                self.dup_credit += o.duplicates
-                if self.dup_credit >= 1:
-                    self.dup_credit -= 1
-                    self.pending_dups.setdefault(app, []).append(xml)
+            self.valid_n += 1
+            if o.duplicates and int(self.valid_n * o.duplicates + 1e-9) > self.dups_made:
+                self.dups_made += 1
+                self.pending_dups.setdefault(app, []).append(xml)
             if o.malformed:
-                self.mal_credit += o.malformed
-                while self.mal_credit >= 1:
-                    self.mal_credit -= 1
+                while int(self.valid_n * o.malformed + 1e-9) > self.mal_made:
+                    self.mal_made += 1
                     # One oversize event per stanza keeps it under the server's size limit.
                     name, bad = f.malformed(app, ts, allow_oversize=not oversize_used)
                     oversize_used = oversize_used or name == "oversize"
@@ -502,7 +532,8 @@ class _Streamer:
         for jid in jids:
             self.msg_n += 1
             self.xmpp.send_raw(
-                message_xml(self.options.jid, jid, f"{self.tag}-{self.msg_n}", (events,)))
+                message_xml(self.options.jid, jid, f"{self.tag}-{self.msg_n}", (events,))
+            )
         self.report.stanzas_sent += len(jids)
         if self.log is not None:
             self.log.writelines(lines)
@@ -516,8 +547,12 @@ class _Streamer:
     def progress(self, now: float) -> None:
         report = self.report
         rate = (report.events_sent - self._last_events) / (now - self._last_time)
-        logger.info("Sent {} events in {} stanzas ({:.0f} events/s).",
-                    report.events_sent, report.stanzas_sent, rate)
+        logger.info(
+            "Sent {} events in {} stanzas ({:.0f} events/s).",
+            report.events_sent,
+            report.stanzas_sent,
+            rate,
+        )
         self._last_events, self._last_time = report.events_sent, now
         if self.log is not None:
             self.log.flush()
@@ -537,6 +572,7 @@ class _Streamer:
                 self.progress(now)
             targets = self.xmpp.targets(now)
             if not targets:
+                self.xmpp.buffered()  # raises if the connection is gone
                 await self._wait_for_targets(stop, deadline, now)
                 continue
             n = min(o.batch, o.count - report.events_sent) if o.count else o.batch
@@ -566,8 +602,10 @@ class _Streamer:
         starts = [t - now for apps in self.xmpp.subscribers.values() for t in apps.values()]
         timeout = min([deadline - now, 1.0, *(t for t in starts if t > 0)])
         self.xmpp.changed.clear()
-        waiters = [asyncio.ensure_future(stop.wait()),
-                   asyncio.ensure_future(self.xmpp.changed.wait())]
+        waiters = [
+            asyncio.ensure_future(stop.wait()),
+            asyncio.ensure_future(self.xmpp.changed.wait()),
+        ]
         await asyncio.wait(waiters, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED)
         for w in waiters:
             w.cancel()
@@ -582,6 +620,7 @@ async def _connect(xmpp: MonitorComponent, options: EmulatorOptions) -> None:
         def handler(_: Any) -> None:
             if not outcome.done():
                 outcome.set_result(reason)
+
         return handler
 
     for event in ("session_start", "connection_failed", "stream_error", "disconnected"):
@@ -596,17 +635,21 @@ async def _connect(xmpp: MonitorComponent, options: EmulatorOptions) -> None:
         raise NegotiationTimeout(
             f"The XMPP server at {where} did not accept component {options.jid} within "
             f"{options.connect_timeout:g} s: check that it is running and that its component "
-            "port is the one given with --port.") from None
+            "port is the one given with --port."
+        ) from None
     if reason == "session_start":
         return
     xmpp.cancel_connection_attempt()
     xmpp.abort()
     if reason == "connection_failed":
-        raise SessionError(f"Cannot connect to the XMPP server's component port at {where}: "
-                           "check --host and --port and that the server is running.")
+        raise SessionError(
+            f"Cannot connect to the XMPP server's component port at {where}: "
+            "check --host and --port and that the server is running."
+        )
     raise AuthenticationError(
         f"The XMPP server at {where} refused component {options.jid}: check --jid and "
-        "--secret against its Component definition.")
+        "--secret against its Component definition."
+    )
 
 
 async def _drain(xmpp: MonitorComponent, timeout: float = 60.0) -> None:
@@ -624,25 +667,38 @@ async def run(options: EmulatorOptions, stop: asyncio.Event | None = None) -> Em
     for jid in options.to:
         xmpp.subscribers[jid] = dict.fromkeys(options.apps, 0.0)
     log = options.event_log.open("a", encoding="utf-8") if options.event_log else None
-    started = time.monotonic()
     try:
         await _connect(xmpp, options)
-        logger.info("Component {} connected to {}:{}; apps {}.",
-                    options.jid, options.host, options.port, ", ".join(sorted(options.apps)))
-        now = time.monotonic()
+        logger.info(
+            "Component {} connected to {}:{}; apps {}.",
+            options.jid,
+            options.host,
+            options.port,
+            ", ".join(sorted(options.apps)),
+        )
+        now = started = time.monotonic()
         for apps in xmpp.subscribers.values():  # --to targets start after the delay too
             for app in apps:
                 apps[app] = now + options.start_delay
         deadline = now + options.duration if options.duration else float("inf")
         streamer = _Streamer(xmpp, options, report, log)
-        await streamer.run(stop, deadline)
+        try:
+            await streamer.run(stop, deadline)
+        except NotConnectedError:
+            raise SessionError(LOST) from None
         await _drain(xmpp)
         report.elapsed = time.monotonic() - started
-        logger.info("Done: {} events, {} duplicates, {} malformed in {} stanzas in {:.2f} s.",
-                    report.events_sent, report.duplicates_sent, report.malformed_sent,
-                    report.stanzas_sent, report.elapsed)
+        logger.info(
+            "Done: {} events, {} duplicates, {} malformed in {} stanzas in {:.2f} s.",
+            report.events_sent,
+            report.duplicates_sent,
+            report.malformed_sent,
+            report.stanzas_sent,
+            report.elapsed,
+        )
         if xmpp.transport is not None:
-            await xmpp.disconnect(wait=5.0)
+            # The server closes its stream only after processing everything before our footer.
+            await xmpp.disconnect(wait=10.0)
     finally:
         if log is not None:
             log.close()
@@ -682,7 +738,8 @@ def _kinds(text: str) -> tuple[str, ...]:
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(
             f"unknown kind(s) {', '.join(sorted(unknown)) or '(none given)'}; "
-            f"known: {', '.join(KINDS)}")
+            f"known: {', '.join(KINDS)}"
+        )
     return kinds
 
 
@@ -698,47 +755,103 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = EmulatorOptions()
     a = parser.add_argument
     a("--jid", default=d.jid, help="component JID (default %(default)s)")
-    a("--secret", default=None,
-      help="component secret (default: $XMPPMON_EMULATOR_SECRET); prefer the variable, "
-           "command lines are visible to every user")
+    a(
+        "--secret",
+        default=None,
+        help="component secret (default: $XMPPMON_EMULATOR_SECRET); prefer the variable, "
+        "command lines are visible to every user",
+    )
     a("--host", default=d.host, help="XMPP server address (default %(default)s)")
     a("--port", type=int, default=d.port, help="server's component port (default %(default)s)")
     a("--namespace", default=d.namespace, help="Monitor API namespace (default %(default)s)")
-    a("--app", dest="apps", action="append", type=_app_key, metavar="NAME:KEY",
-      help="an application and its API key, repeatable (default demo:demo-key)")
-    a("--refuse", action="append", type=_refusal, default=[], metavar="APP=CODE",
-      help="answer this app's subscribe with the XMPP error for CODE, repeatable")
-    a("--to", action="append", default=[], metavar="JID",
-      help="stream to this JID from the start, without waiting for a subscribe; repeatable")
+    a(
+        "--app",
+        dest="apps",
+        action="append",
+        type=_app_key,
+        metavar="NAME:KEY",
+        help="an application and its API key, repeatable (default demo:demo-key)",
+    )
+    a(
+        "--refuse",
+        action="append",
+        type=_refusal,
+        default=[],
+        metavar="APP=CODE",
+        help="answer this app's subscribe with the XMPP error for CODE, repeatable",
+    )
+    a(
+        "--to",
+        action="append",
+        default=[],
+        metavar="JID",
+        help="stream to this JID from the start, without waiting for a subscribe; repeatable",
+    )
     a("--rate", type=float, default=d.rate, help="events per second, 0 = as fast as possible")
     a("--batch", type=_batch, default=d.batch, help="events per stanza (default %(default)s)")
     a("--count", type=int, default=d.count, help="valid events to send, 0 = unlimited")
     a("--duration", type=float, default=d.duration, help="seconds to run, 0 = unlimited")
     a("--kinds", type=_kinds, default=d.kinds, help=f"comma list (default {','.join(KINDS)})")
-    a("--malformed", type=_fraction, default=d.malformed,
-      help="malformed events added per valid event, 0..1")
-    a("--duplicates", type=_fraction, default=d.duplicates,
-      help="fraction of valid events sent again in a later stanza, 0..1")
-    a("--api-status", type=int, default=None, metavar="CODE",
-      help="force the status of every api event (default: a realistic mix)")
-    a("--event-log", type=Path, default=None, metavar="FILE",
-      help="append '<id>\\t<kind>\\t<app>' per valid event sent, in send order")
+    a(
+        "--malformed",
+        type=_fraction,
+        default=d.malformed,
+        help="malformed events added per valid event, 0..1",
+    )
+    a(
+        "--duplicates",
+        type=_fraction,
+        default=d.duplicates,
+        help="fraction of valid events sent again in a later stanza, 0..1",
+    )
+    a(
+        "--api-status",
+        type=int,
+        default=None,
+        metavar="CODE",
+        help="force the status of every api event (default: a realistic mix)",
+    )
+    a(
+        "--event-log",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append '<id>\\t<kind>\\t<app>' per valid event sent, in send order",
+    )
     a("--seed", type=int, default=None, help="seed for reproducible events")
-    a("--start-delay", type=float, default=d.start_delay,
-      help="seconds between a subscriber appearing and its first event")
+    a(
+        "--start-delay",
+        type=float,
+        default=d.start_delay,
+        help="seconds between a subscriber appearing and its first event",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
     """Build the options from parsed arguments; a missing secret is a ConfigError."""
     secret = args.secret or os.environ.get("XMPPMON_EMULATOR_SECRET", "")
     if not secret:
-        raise ConfigError("The emulator needs the component secret: set "
-                          "XMPPMON_EMULATOR_SECRET or pass --secret.")
+        raise ConfigError(
+            "The emulator needs the component secret: set XMPPMON_EMULATOR_SECRET or pass --secret."
+        )
     return EmulatorOptions(
-        secret=secret, jid=args.jid, host=args.host, port=args.port, namespace=args.namespace,
-        apps=dict(args.apps) if args.apps else {"demo": "demo-key"}, refuse=dict(args.refuse),
-        to=list(args.to), rate=args.rate, batch=args.batch, count=args.count,
-        duration=args.duration, kinds=args.kinds, malformed=args.malformed,
-        duplicates=args.duplicates, api_status=args.api_status, event_log=args.event_log,
-        seed=args.seed, start_delay=args.start_delay,
+        secret=secret,
+        jid=args.jid,
+        host=args.host,
+        port=args.port,
+        namespace=args.namespace,
+        apps=dict(args.apps) if args.apps else {"demo": "demo-key"},
+        refuse=dict(args.refuse),
+        to=list(args.to),
+        rate=args.rate,
+        batch=args.batch,
+        count=args.count,
+        duration=args.duration,
+        kinds=args.kinds,
+        malformed=args.malformed,
+        duplicates=args.duplicates,
+        api_status=args.api_status,
+        event_log=args.event_log,
+        seed=args.seed,
+        start_delay=args.start_delay,
     )

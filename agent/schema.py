@@ -86,6 +86,87 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        2,
+        "alerts, notification outbox, sidecar deliveries",
+        """
+        -- One row per alert identity (source, app, code, api); its state moves
+        -- inactive/resolved -> pending -> firing -> resolved. Times are RFC 3339 UTC.
+        CREATE TABLE alerts (
+            id            INTEGER PRIMARY KEY,
+            source        TEXT NOT NULL,   -- api, subscription, session, sidecar
+            app           TEXT NOT NULL,   -- '' when not about one application
+            code          TEXT NOT NULL,   -- HTTP/XEP-0086 code, a session code, or a class
+            api           TEXT NOT NULL,   -- '' when not about one REST API
+            class         TEXT NOT NULL,
+            severity      TEXT NOT NULL,
+            state         TEXT NOT NULL,   -- pending, firing, resolved, inactive
+            count         INTEGER NOT NULL,-- occurrences in the current episode
+            first_seen    TEXT NOT NULL,   -- start of the current episode
+            last_seen     TEXT NOT NULL,
+            window_start  TEXT NOT NULL,
+            window_count  INTEGER NOT NULL,
+            fired_at      TEXT,
+            notified_at   TEXT,
+            resolved_at   TEXT,
+            flaps         INTEGER NOT NULL DEFAULT 0,
+            detail        TEXT,
+            UNIQUE (source, app, code, api)
+        );
+        CREATE INDEX alerts_state ON alerts (state, last_seen);
+
+        -- The outbox: one row per transition, written in the transaction of the alert change.
+        CREATE TABLE notifications (
+            id          INTEGER PRIMARY KEY,
+            key         TEXT NOT NULL UNIQUE,  -- idempotency key (UUID) sent to every sink
+            alert_id    INTEGER NOT NULL REFERENCES alerts (id),
+            transition  TEXT NOT NULL,         -- firing, repeat, resolved
+            alert       TEXT NOT NULL,         -- JSON snapshot of the alert at the transition
+            created_at  TEXT NOT NULL
+        );
+
+        -- The sidecar's progress: one row per (sink, notification) it has seen.
+        CREATE TABLE delivery_state (
+            sink            TEXT NOT NULL,
+            notification_id INTEGER NOT NULL REFERENCES notifications (id),
+            state           TEXT NOT NULL,   -- pending, delivered, dead
+            attempts        INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NOT NULL,
+            reason          TEXT,
+            updated_at      TEXT NOT NULL,
+            PRIMARY KEY (sink, notification_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX delivery_state_pending ON delivery_state (sink, state, next_attempt_at);
+
+        -- Highest notification id each sink has taken into delivery_state.
+        CREATE TABLE sink_cursor (
+            sink TEXT PRIMARY KEY, last_id INTEGER NOT NULL, failing TEXT, updated_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+
+        -- Every delivery attempt, with the HTTP instrumentation of seed 001.
+        CREATE TABLE deliveries (
+            id                INTEGER PRIMARY KEY,
+            sink              TEXT NOT NULL,
+            notification_id   INTEGER NOT NULL REFERENCES notifications (id),
+            attempt           INTEGER NOT NULL,
+            status            TEXT NOT NULL,  -- delivered, retry, failed, dead, unauthorized
+            http_status       INTEGER,
+            request_id        TEXT,
+            client_request_id TEXT,
+            fe_server         TEXT,
+            be_server         TEXT,
+            diag_info         TEXT,
+            diag_error_id     INTEGER,
+            diag_reason       TEXT,
+            diag_error_type   TEXT,
+            error             TEXT,
+            started_at        TEXT NOT NULL,
+            finished_at       TEXT NOT NULL,
+            latency_ms        REAL
+        );
+        CREATE INDEX deliveries_notification ON deliveries (notification_id, sink);
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

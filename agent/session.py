@@ -33,6 +33,7 @@ from slixmpp.plugins.xep_0198 import stanza as sm_stanza
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from agent.alerts import CONDITION_CODES
 from agent.backoff import Backoff
 from agent.config import Settings
 from agent.events import utc_now
@@ -151,6 +152,7 @@ class MonitorSession:
                 try:
                     resumed = await self._connect_once(stopping)
                 except AuthenticationError as exc:
+                    self.store.observe("session", "auth_failure", detail=str(exc))
                     self._record_down(str(exc))
                     log.error("{}", exc)
                 except SessionError as exc:
@@ -261,6 +263,7 @@ class MonitorSession:
     async def _on_up(self, resumed: bool) -> None:
         self.backoff.connected()
         self.connected.set()
+        self.store.observe("session", "up", ok=True)
         self._paused = False
         now = utc_now()
         self.store.set_state("session", "connected (resumed)" if resumed else "connected")
@@ -289,6 +292,7 @@ class MonitorSession:
         log.warning("disconnected: {}", reason)
 
     def _record_down(self, reason: str) -> None:
+        self.store.observe("session", "disconnected", detail=reason)
         self.store.set_state("session", "disconnected")
         self.store.set_state("last_error", reason)
 
@@ -314,6 +318,7 @@ class MonitorSession:
             except IqTimeout:
                 log.warning("no answer to ping within {:.0f} s: dropping the connection", keepalive.timeout)
                 self.store.count("ping_timeouts")
+                self.store.observe("session", "ping_timeout", detail="no answer to ping")
                 self.client.disconnect_reason = "ping timeout"
                 self.client.abort()
                 return
@@ -366,11 +371,15 @@ class MonitorSession:
                 app, condition, code, f": {text}" if text else "",
             )  # fmt: skip
             self.store.count("subscriptions_refused")
+            alert_code = code if code.isdigit() else CONDITION_CODES.get(condition, condition)
+            self.store.observe("subscription", alert_code, app=app, detail=f"{condition}: {text}")
             return SubscribeOutcome(f"{condition} ({code})", retry=error["type"] == "wait")
         except IqTimeout:
             log.error("subscription of app {}: no answer from {}", app, monitor.jid)
+            self.store.observe("subscription", "504", app=app, detail=f"no answer from {monitor.jid}")
             return SubscribeOutcome("timeout", retry=True)
         log.info("subscribed to app {}", app)
+        self.store.observe("subscription", "ok", app=app, ok=True)
         return SubscribeOutcome("ok", retry=False)
 
     # -- shutdown ----------------------------------------------------------------------------

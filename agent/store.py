@@ -23,7 +23,8 @@ from typing import Any
 import aiosqlite
 from loguru import logger
 
-from agent.config import StoreSettings
+from agent.alerts import AlertEngine, Observation
+from agent.config import AlertSettings, StoreSettings
 from agent.events import HISTORY_KINDS, Event, dumps_value, utc_now
 from agent.exceptions import StoreClosedError, StoreError
 from agent.schema import MIGRATIONS, SCHEMA_VERSION
@@ -158,8 +159,12 @@ def _statements(script: str) -> Iterable[str]:
 class Store:
     """The agent's database: one connection, one writer task, group commit."""
 
-    def __init__(self, settings: StoreSettings, conn: aiosqlite.Connection) -> None:
+    def __init__(
+        self, settings: StoreSettings, conn: aiosqlite.Connection, alerts: AlertSettings | None = None
+    ) -> None:
         self.settings = settings
+        #: Alert rules, evaluated in the transaction of the events that caused them (agent.alerts).
+        self.alerts = AlertEngine(alerts or AlertSettings(), frozenset({"api", "subscription", "session"}))
         self._conn = conn
         self._events: list[tuple[Event, str]] = []
         self._quarantine: list[Quarantined] = []
@@ -184,7 +189,7 @@ class Store:
         self._over = False
 
     @classmethod
-    async def open(cls, settings: StoreSettings) -> Store:
+    async def open(cls, settings: StoreSettings, alerts: AlertSettings | None = None) -> Store:
         """Open (creating if needed) and migrate the database, and start the writer task."""
         path = settings.path
         try:
@@ -206,7 +211,7 @@ class Store:
         except BaseException:
             await conn.close()
             raise
-        store = cls(settings, conn)
+        store = cls(settings, conn, alerts)
         store._task = asyncio.create_task(store._run(), name="xmppmon-store-writer")
         log.info("database {} open (schema version {})", path, SCHEMA_VERSION)
         return store
@@ -237,6 +242,17 @@ class Store:
     def set_state(self, key: str, value: object) -> None:
         """Record an ``agent_state`` value; written with the next commit."""
         self._state[key] = None if value is None else str(value)
+        self._wake.set()
+
+    def observe(
+        self, source: str, code: str, *, app: str = "", api: str = "", ok: bool = False,
+        detail: str | None = None,
+    ) -> None:
+        """Record a session-health observation for the alert rules; written with the next commit.
+
+        ``ok=True`` says (source, app, api) is healthy again, which resolves its alerts.
+        """
+        self.alerts.observe(Observation(source, code, app, api, ok, detail))
         self._wake.set()
 
     def barrier(self, sm_id: str | None = None, handled: int | None = None) -> asyncio.Future[None]:
@@ -301,7 +317,10 @@ class Store:
                 return
 
     def _has_work(self) -> bool:
-        return bool(self._events or self._quarantine or self._counters or self._state or self._marks)
+        return bool(
+            self._events or self._quarantine or self._counters or self._state or self._marks
+            or self.alerts.has_pending
+        )
 
     def _failed(self, exc: BaseException, delay: float) -> None:
         message = f"cannot commit to {self.settings.path}: {exc}"
@@ -316,7 +335,7 @@ class Store:
         counters, self._counters = self._counters, Counter()
         state, self._state = self._state, {}
         marks, self._marks = self._marks, []
-        if not (events or quarantine or counters or state or marks):
+        if not (events or quarantine or counters or state or marks or self.alerts.has_pending):
             return
         try:
             inserted = await self._write(events, quarantine, counters, state, marks)
@@ -327,6 +346,7 @@ class Store:
             self._counters.update(counters)
             self._state = state | self._state
             self._marks = marks + self._marks
+            self.alerts.rollback()
             with contextlib.suppress(sqlite3.Error):
                 await self._conn.rollback()
             raise
@@ -370,9 +390,19 @@ class Store:
         if history:
             cursor = await conn.executemany(_INSERT_EVENT, history)
             inserted += max(cursor.rowcount, 0)
+        api_total = len(api)
         if api:
+            # Alerts count each call once: on a redelivery, count only the rows really inserted.
+            await conn.execute("SAVEPOINT api")
             cursor = await conn.executemany(_INSERT_API, api)
+            if max(cursor.rowcount, 0) < len(api):
+                await conn.execute("ROLLBACK TO api")
+                api = await self._new_api_rows(api)
+                cursor = await conn.executemany(_INSERT_API, api)
+            await conn.execute("RELEASE api")
             inserted += max(cursor.rowcount, 0)
+        if api or self.alerts.has_pending or self.alerts.sweep_due():
+            await self.alerts.write(conn, Counter((r[1], r[3], r[6]) for r in api))
         for kind, rows in upserts.items():
             await conn.executemany(_UPSERT[kind], rows)
             inserted += len(rows)
@@ -381,7 +411,7 @@ class Store:
                 _INSERT_QUARANTINE,
                 [(q.reason, q.raw, q.sender, q.event_id, q.app, q.received_at) for q in quarantine],
             )
-        duplicates = len(history) + len(api) - (inserted - sum(map(len, upserts.values())))
+        duplicates = len(history) + api_total - (inserted - sum(map(len, upserts.values())))
         if events:
             counters["events_received"] += len(events)
         if duplicates:
@@ -396,7 +426,27 @@ class Store:
             now = utc_now()
             await conn.executemany(_SET_STATE, [(k, v, now) for k, v in state.items()])
         await conn.commit()
+        self.alerts.committed()
         return inserted
+
+    async def _new_api_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The rows of ``rows`` not yet in api_calls, each once (a redelivery's slow path)."""
+        seen: set[tuple[str, str]] = set()
+        for start in range(0, len(rows), 400):
+            chunk = rows[start : start + 400]
+            values = ", ".join("(?, ?)" for _ in chunk)
+            params = [v for r in chunk for v in (r[2], r[0])]
+            found = await self._conn.execute_fetchall(
+                f"SELECT ts, event_id FROM api_calls WHERE (ts, event_id) IN (VALUES {values})",
+                params,
+            )
+            seen.update((r[0], r[1]) for r in found)
+        fresh = []
+        for row in rows:
+            if (row[2], row[0]) not in seen:
+                seen.add((row[2], row[0]))
+                fresh.append(row)
+        return fresh
 
     async def read_state(self) -> dict[str, str | None]:
         """The ``agent_state`` table as a dict (what was committed)."""

@@ -12,12 +12,9 @@ from pathlib import Path
 import pytest
 from slixmpp import ClientXMPP
 
-from agent.prosody import ProsodyError, ProsodyServer, prosody_available, prosody_version
+from agent.prosody import ProsodyError, ProsodyServer, prosody_version
 
-pytestmark = [
-    pytest.mark.prosody,
-    pytest.mark.skipif(not prosody_available(), reason="prosody is not installed"),
-]
+pytestmark = pytest.mark.prosody
 
 STREAM_HEADER = (
     "<?xml version='1.0'?><stream:stream to='{domain}' xmlns='jabber:client' "

@@ -1,0 +1,145 @@
+"""Shared fixtures: a real Prosody on loopback, agent accounts, settings, an in-process emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loguru import logger
+
+from agent import emulator
+from agent.config import Settings, load_settings
+from agent.prosody import ProsodyServer, prosody_available
+from agent.store import connect_readonly
+
+_accounts = itertools.count(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail loudly (never skip) when the real server the integration tests need is missing."""
+    if any(item.get_closest_marker("prosody") for item in items) and not prosody_available():
+        raise pytest.UsageError(
+            "Debian's prosody is not installed: run the README's test command (make test),"
+            " which installs it"
+        )
+
+
+@pytest.fixture(scope="session")
+def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
+    """One private Prosody for the whole run, on free loopback ports."""
+    server = ProsodyServer(tmp_path_factory.mktemp("prosody"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_prosody(tmp_path: Path) -> Iterator[ProsodyServer]:
+    """A Prosody of this test's own, for tests that freeze, kill or restart it."""
+    server = ProsodyServer(tmp_path / "prosody")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def new_account(server: ProsodyServer) -> tuple[str, str]:
+    """Register a fresh account, so tests never share offline queues or sessions."""
+    n = next(_accounts)
+    password = f"pw-{n}-secret"
+    return server.register(f"agent{n}", password), password
+
+
+def make_settings(server: ProsodyServer, db: Path, account: tuple[str, str], **sections: Any) -> Settings:
+    """Agent settings pointing at ``server`` with quick timeouts, overridable per section."""
+    base: dict[str, dict[str, Any]] = {
+        "xmpp": {
+            "jid": account[0],
+            "password": account[1],
+            "host": "127.0.0.1",
+            "port": server.c2s_port,
+            "ca_file": str(server.ca_file),
+            "negotiation_timeout": 5,
+        },
+        "monitor": {"jid": server.component, "apps": [{"app": "demo", "key": "demo-key"}]},
+        "keepalive": {"interval": 30, "timeout": 5},
+        "reconnect": {"initial": 0.2, "maximum": 1.0, "stable_after": 5},
+        "store": {"path": str(db), "flush_ms": 5, "heartbeat_seconds": 1},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return load_settings(None, **base)
+
+
+def emulator_options(server: ProsodyServer, **options: Any) -> emulator.EmulatorOptions:
+    return emulator.EmulatorOptions(
+        secret=server.component_secret,
+        jid=server.component,
+        port=server.component_port,
+        **options,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Any) -> AsyncIterator[asyncio.Task[Any]]:
+    """Run a coroutine as a task for the block; give it 10 s to end (stop was set), then cancel it."""
+    task = asyncio.ensure_future(coro)
+    try:
+        yield task
+    finally:
+        if not task.done():
+            await asyncio.wait([task], timeout=10)
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        await asyncio.sleep(0.05)
+
+
+def db_value(db: Path, sql: str, *params: Any) -> Any:
+    """One value from the database through a read-only connection (None if not there yet)."""
+    if not db.exists():
+        return None
+    conn = connect_readonly(db)
+    try:
+        row = conn.execute(sql, params).fetchone()
+    except Exception:  # noqa: BLE001 - tables appear only after the first migration
+        return None
+    finally:
+        conn.close()
+    return None if row is None else row[0]
+
+
+def agent_state(db: Path, key: str) -> str | None:
+    return db_value(db, "SELECT value FROM agent_state WHERE key = ?", key)
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[list[str]]:
+    """Every loguru line emitted during the test, as formatted text."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG", format="{level} {extra} {message}")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
