@@ -1,0 +1,12 @@
+"""The relay (``xmppmon sidecar``): reads the notification outbox and delivers it to the sinks.
+
+::
+
+    outbox.py           the sidecar's own connection: pending work, attempts, its own alerts
+    instrumentation.py  seed 001's request and response headers on every HTTP request
+    http.py             the retry round shared by the HTTP sinks (stamina, Retry-After)
+    webhook.py          batched webhook (seed 003: 207, 413, 400, 429, 401/403)
+    alertmanager.py     Prometheus Alertmanager ``POST /api/v2/alerts``
+    xmpp.py             messages to operator JIDs or a room, confirmed by XEP-0198 or XEP-0184
+    runner.py           the process: one loop per sink, the dead man's switch
+"""
