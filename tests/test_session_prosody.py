@@ -10,6 +10,7 @@ from slixmpp import ClientXMPP
 
 from agent import emulator
 from agent.app import run_agent
+from agent.exceptions import SessionError
 from agent.prosody import ProsodyServer
 
 from .conftest import (
@@ -184,10 +185,9 @@ async def test_recovers_from_killed_and_restarted_server(private_prosody: Prosod
         await wait_until(lambda: agent_state(db, "subscriptions") == '{"demo":"ok"}', what="subscribed")
         server.kill()
         await wait_until(lambda: not connected(db), what="disconnect noticed")
-        # The emulator lost its server too; how it ends is not what this test is about.
+        # The emulator lost its server too, and says so.
         await asyncio.wait([emu], timeout=10)
-        assert emu.done()
-        emu.exception() if not emu.cancelled() else None
+        assert isinstance(emu.exception(), SessionError)
         server.start()
         async with running(emulator.run(emulator_options(server), stop)):
             await wait_until(lambda: agent_state(db, "session") == "connected", timeout=20, what="reconnect")
