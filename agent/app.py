@@ -16,6 +16,7 @@ from agent.config import Settings
 from agent.events import utc_now
 from agent.session import MonitorSession
 from agent.store import Store
+from agent.systemd import Notifier, supervise
 
 log = logger.bind(component="agent")
 
@@ -56,6 +57,18 @@ async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> No
         len(settings.monitor.apps),
         settings.store.path,
     )
-    async with lifespan(settings) as app:
-        await app.session.run(stop)
+    notifier = Notifier()
+    try:
+        async with lifespan(settings) as app:
+            # sd_notify: READY, STATUS, WATCHDOG while the writer is healthy, STOPPING on stop.
+            supervisor = asyncio.ensure_future(
+                supervise(notifier, app.store, app.session, stop, settings.xmpp.negotiation_timeout + 5)
+            )
+            try:
+                await app.session.run(stop)
+            finally:
+                stop.set()
+                await supervisor
+    finally:
+        notifier.close()
     log.info("xmppmon stopped")

@@ -213,6 +213,43 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- alerts and sidecar --------------------------------------------------------------------------
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    """List firing, pending and recently resolved alerts (--all: every alert)."""
+    conn = connect_readonly(_settings(args).store.path)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - args.recent * 3600))
+    where = "" if args.all else (
+        "WHERE state IN ('firing', 'pending') OR (state = 'resolved' AND resolved_at >= ?)"
+    )
+    try:
+        cursor = conn.execute(
+            "SELECT id, state, severity, source, app, code, api, count, first_seen, last_seen,"
+            f" resolved_at, detail FROM alerts {where}"  # noqa: S608
+            " ORDER BY state = 'firing' DESC, last_seen DESC",
+            () if args.all else (since,),
+        )
+        columns = [d[0] for d in cursor.description or ()]
+        rows = [tuple(row) for row in cursor.fetchall()]
+    except sqlite3.Error as exc:
+        raise XmppmonError(f"cannot read alerts: {exc} (has the agent run since the upgrade?)") from None
+    finally:
+        conn.close()
+    _print_rows(columns, rows, args.format)
+    return 0
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    """Relay alert notifications to the sinks of XMPPMON_SIDECAR__SINKS until SIGTERM."""
+    settings = _settings(args)
+    _setup_logs(settings)
+    from agent.sidecar.runner import run_sidecar
+
+    asyncio.run(run_sidecar(settings))
+    return 0
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 
@@ -266,6 +303,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--lines", "-n", type=int, default=10, help="start with the last N rows")
             p.add_argument("--interval", type=float, default=0.5, help="poll interval in seconds")
             p.add_argument("--duration", type=float, default=0, help="stop after N seconds (0: never)")
+
+    p = add("alerts", cmd_alerts)
+    p.add_argument("--database", metavar="PATH", help="SQLite file (default: XMPPMON_STORE__PATH)")
+    p.add_argument("--all", action="store_true", help="every alert, not only firing and recent ones")
+    p.add_argument("--recent", type=float, default=24, help="show alerts resolved this many hours ago")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--json", dest="format", action="store_const", const="json")
+
+    p = add("sidecar", cmd_sidecar)
+    p.add_argument("--database", metavar="PATH", help="SQLite file (default: XMPPMON_STORE__PATH)")
 
     p = add("demo", cmd_demo)
     p.add_argument("--duration", type=float, default=60, help="seconds to run (0: until Ctrl-C)")

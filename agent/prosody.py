@@ -128,6 +128,9 @@ class ProsodyServer:
     component_secret: str = "component-secret"
     hibernation_time: int = 600
     max_queue_size: int = 500
+    #: Past this many archived messages per user, mod_storage_internal truncates and rewrites the
+    #: whole archive on every message (default 10,000), which stalls long streams.
+    archive_item_limit: int = 10_000_000
     extra_config: str = ""
     log_level: str = "info"
 
@@ -559,6 +562,7 @@ storage = "internal"
 archive_expires_after = "1w"
 -- Archive messages even for clients that never set MAM preferences.
 default_archive_policy = true
+storage_archive_item_limit = {int(self.archive_item_limit)}
 
 smacks_hibernation_time = {int(self.hibernation_time)}
 smacks_max_queue_size = {int(self.max_queue_size)}

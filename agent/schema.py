@@ -167,6 +167,33 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX deliveries_notification ON deliveries (notification_id, sink);
         """,
     ),
+    (
+        3,
+        "export jobs",
+        """
+        -- One row per export (DESIGN §6): queued -> running -> succeeded | failed.
+        -- Written by the short-lived `xmppmon export` process, not the agent's writer.
+        CREATE TABLE export_jobs (
+            id          INTEGER PRIMARY KEY,
+            type        TEXT NOT NULL,      -- snapshot, history
+            data        TEXT NOT NULL,      -- device, tag, token, push | activity ... crash, api
+            from_ts     TEXT,               -- history only: [from_ts, to_ts), RFC 3339 UTC
+            to_ts       TEXT,
+            formats     TEXT NOT NULL,      -- "jsonl" or "jsonl,csv"
+            destination TEXT NOT NULL,      -- folder the files and the manifest go to
+            state       TEXT NOT NULL,      -- queued, running, succeeded, failed
+            rows        INTEGER,
+            bytes       INTEGER,
+            manifest    TEXT,               -- path of the manifest once succeeded
+            error       TEXT,
+            pid         INTEGER,
+            created_at  TEXT NOT NULL,
+            started_at  TEXT,
+            finished_at TEXT
+        );
+        CREATE INDEX export_jobs_state ON export_jobs (state, id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -34,6 +35,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from agent.alerts import CONDITION_CODES
+from agent.archive import catch_up
 from agent.backoff import Backoff
 from agent.config import Settings
 from agent.events import utc_now
@@ -50,6 +52,14 @@ SM_NS = "urn:xmpp:sm:3"
 class SubscribeOutcome:
     result: str  # "ok", "timeout" or "condition (code)"
     retry: bool
+
+
+def _minus_minutes(stamp: str | None, minutes: int) -> str | None:
+    """An archive start time a little before ``stamp``: the server archived before we received."""
+    if stamp is None:
+        return None
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")) - timedelta(minutes=minutes)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class MonitorClient(ClientXMPP):  # type: ignore[misc]  # slixmpp ships no type information
@@ -273,11 +283,13 @@ class MonitorSession:
         sm = self.client.plugin["xep_0198"]
         if resumed:
             log.info("stream {} resumed at h={}", sm.sm_id, sm.handled)
+            self._subscribe_task = asyncio.ensure_future(self._report_resumption())
         else:
             log.info("session started as {}", self.client.boundjid.full)
-            # Offline messages are flushed only after initial presence.
+            # Offline messages are flushed only after initial presence, and a session that queries
+            # the archive before it gets none: presence first, then subscriptions and catch-up.
             self.client.send_presence()
-            self._subscribe_task = asyncio.ensure_future(self._subscribe_all())
+            self._subscribe_task = asyncio.ensure_future(self._after_new_session())
         self._keepalive_task = asyncio.ensure_future(self._keepalive(self._generation))
 
     def _on_down(self) -> None:
@@ -327,6 +339,35 @@ class MonitorSession:
             self.last_rtt = time.monotonic() - started
             self.store.set_state("last_ping_rtt_ms", round(self.last_rtt * 1000, 1))
             self.store.set_state("last_ping_at", utc_now())
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def _after_new_session(self) -> None:
+        plugin = self.client.plugin.get("monitor_events", None)
+        if plugin is not None:
+            plugin.recovered.clear()
+        await self._subscribe_all()
+        if plugin is None:
+            return
+        state = await self.store.read_state()
+        after = plugin.last_archive_id or state.get("mam_last_id")
+        fallback = _minus_minutes(await self.store.last_received_at(), 5)
+        outcome = await catch_up(self.client, self.settings.monitor.jid, after, fallback)
+        await self.store.barrier()
+        log.info(
+            "new session: {}; recovered {} event(s) from offline storage and {} from the archive",
+            outcome, plugin.recovered["offline"], plugin.recovered["mam"],
+        )  # fmt: skip
+
+    async def _report_resumption(self) -> None:
+        plugin = self.client.plugin.get("monitor_events", None)
+        if plugin is None:
+            return
+        plugin.recovered.clear()
+        # The server replays its queue right after <resumed/>; give it a moment to arrive.
+        await asyncio.sleep(2.0)
+        await self.store.barrier()
+        log.info("stream resumed: {} event(s) replayed by the server", plugin.recovered["resume"])
 
     # -- subscriptions ------------------------------------------------------------------------
 

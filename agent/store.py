@@ -454,6 +454,16 @@ class Store:
         async with self._conn.execute("SELECT key, value FROM agent_state") as cursor:
             return {row[0]: row[1] async for row in cursor}
 
+    async def last_received_at(self) -> str | None:
+        """When the newest committed event arrived (for archive catch-up), or None."""
+        self._check_usable()
+        async with self._conn.execute(
+            "SELECT max(m) FROM (SELECT max(received_at) AS m FROM events"
+            " UNION ALL SELECT max(received_at) FROM api_calls)"
+        ) as cursor:
+            row = await cursor.fetchone()
+        return row[0] if row else None
+
     def _check_usable(self) -> None:
         if self._closed:
             raise StoreClosedError("the store is closed")

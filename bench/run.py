@@ -116,9 +116,7 @@ def main() -> None:
     cases = [(1, int(20_000 * scale)), (50, int(300_000 * scale))]
     with tempfile.TemporaryDirectory(prefix="xmppmon-bench-") as tmp:
         workdir = Path(tmp)
-        # mod_storage_internal rewrites a user's whole archive on every message past this limit
-        # (default 10,000), which would make Prosody, not the agent, the subject of the benchmark.
-        server = ProsodyServer(workdir / "prosody", extra_config="storage_archive_item_limit = 100000000\n")
+        server = ProsodyServer(workdir / "prosody")
         server.start()
         try:
             rows = []

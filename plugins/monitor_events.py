@@ -9,6 +9,7 @@ the same stanza are kept.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any, ClassVar
 from xml.etree import ElementTree as ET
 
@@ -22,6 +23,11 @@ from agent.events import Event, InvalidEvent, parse_event, utc_now
 from agent.store import Quarantined, Store
 
 log = logger.bind(component="plugin.monitor_events")
+
+MAM_NS = "urn:xmpp:mam:2"
+FORWARD_NS = "urn:xmpp:forward:0"
+SID_NS = "urn:xmpp:sid:0"
+DELAY_NS = "urn:xmpp:delay"
 
 #: Raw text kept in quarantine for one event, so a hostile payload cannot bloat the database.
 MAX_RAW_CHARS = 256 * 1024
@@ -49,19 +55,42 @@ class MonitorEvents(BasePlugin):  # type: ignore[misc]  # slixmpp ships no type 
         self._monitor = str(self.monitor_jid).lower()
         self._foreign_dropped = 0
         self._foreign_logged_at = 0.0
+        #: Newest archive (XEP-0313) id seen from the Monitor API; MAM catch-up starts after it.
+        self.last_archive_id: str | None = None
+        #: Events recovered per path since the last reset: resume, offline, mam.
+        self.recovered: Counter[str] = Counter()
+        ns = self.xmpp.default_ns
         self.xmpp.register_handler(
-            Callback(
-                "xmppmon monitor events",
-                MatchXPath(f"{{{self.xmpp.default_ns}}}message/{self._tag}"),
-                self._on_message,
-            )
+            Callback("xmppmon monitor events", MatchXPath(f"{{{ns}}}message/{self._tag}"), self._on_message)
+        )
+        self.xmpp.register_handler(
+            Callback("xmppmon archived events", MatchXPath(f"{{{ns}}}message/{{{MAM_NS}}}result"), self._on_archived)
         )
 
     def plugin_end(self) -> None:
         self.xmpp.remove_handler("xmppmon monitor events")
+        self.xmpp.remove_handler("xmppmon archived events")
+
+    def _own_bare(self) -> str:
+        return str(self.xmpp.boundjid.bare).lower()
 
     def _on_message(self, msg: Message) -> None:
-        xml = msg.xml
+        self._process(msg.xml, via=None, archive_id=None)
+
+    def _on_archived(self, msg: Message) -> None:
+        """A message replayed from our own archive (XEP-0313): unwrap it and process the original."""
+        outer = msg.xml
+        sender = (outer.get("from") or "").lower()
+        if sender and sender != self._own_bare():
+            self._foreign(sender)  # only our own server may replay our archive
+            return
+        result = outer.find(f"{{{MAM_NS}}}result")
+        inner = None if result is None else result.find(f"{{{FORWARD_NS}}}forwarded/{{{self.xmpp.default_ns}}}message")
+        if result is None or inner is None or inner.find(self._tag) is None:
+            return
+        self._process(inner, via="mam", archive_id=result.get("id"))
+
+    def _process(self, xml: ET.Element, via: str | None, archive_id: str | None) -> None:
         sender = xml.get("from") or ""
         store: Store = self.store
         store.count("stanzas")
@@ -72,6 +101,12 @@ class MonitorEvents(BasePlugin):  # type: ignore[misc]  # slixmpp ships no type 
             store.count("error_stanzas")
             log.warning("the Monitor API returned an error message: {}", _short(xml))
             return
+        if via is None:
+            via = self._delivery_path(xml)
+        if archive_id is None:
+            stanza_id = xml.find(f"{{{SID_NS}}}stanza-id")
+            if stanza_id is not None and (stanza_id.get("by") or "").lower() == self._own_bare():
+                archive_id = stanza_id.get("id")
         received_at = utc_now()
         valid: list[Event] = []
         limit = self.max_payload_bytes
@@ -92,6 +127,24 @@ class MonitorEvents(BasePlugin):  # type: ignore[misc]  # slixmpp ships no type 
                 )
         if valid:
             store.submit_events(valid, received_at)
+            if via is not None:
+                self.recovered[via] += len(valid)
+                store.count(f"events_via_{via}", len(valid))
+        if archive_id:
+            # Written in the same commit as this stanza's events, so it never runs ahead of them.
+            self.last_archive_id = archive_id
+            store.set_state("mam_last_id", archive_id)
+
+    def _delivery_path(self, xml: ET.Element) -> str | None:
+        """None for live delivery; 'resume' or 'offline' for a delayed one (XEP-0203 delay's from).
+
+        Prosody stamps stanzas replayed by stream resumption with our bare JID, and those from
+        offline storage with the server's domain.
+        """
+        delay = xml.find(f"{{{DELAY_NS}}}delay")
+        if delay is None:
+            return None
+        return "resume" if (delay.get("from") or "").lower() == self._own_bare() else "offline"
 
     def _foreign(self, sender: str) -> None:
         self.store.count("foreign_stanzas")

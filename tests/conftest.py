@@ -143,3 +143,29 @@ def captured_logs() -> Iterator[list[str]]:
         yield lines
     finally:
         logger.remove(sink)
+
+
+def agent_env(server: ProsodyServer, db: Path, account: tuple[str, str], **extra: str) -> dict[str, str]:
+    """Environment for a real ``xmppmon run`` process against ``server``."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XMPPMON_")}
+    env.update({
+        "XMPPMON_XMPP__JID": account[0],
+        "XMPPMON_XMPP__PASSWORD": account[1],
+        "XMPPMON_XMPP__HOST": "127.0.0.1",
+        "XMPPMON_XMPP__PORT": str(server.c2s_port),
+        "XMPPMON_XMPP__CA_FILE": str(server.ca_file),
+        "XMPPMON_XMPP__NEGOTIATION_TIMEOUT": "5",
+        "XMPPMON_MONITOR__JID": server.component,
+        "XMPPMON_MONITOR__APPS": '[{"app": "demo", "key": "demo-key"}]',
+        "XMPPMON_KEEPALIVE__INTERVAL": "1",
+        "XMPPMON_KEEPALIVE__TIMEOUT": "2",
+        "XMPPMON_RECONNECT__INITIAL": "0.2",
+        "XMPPMON_RECONNECT__MAXIMUM": "1",
+        "XMPPMON_STORE__PATH": str(db),
+        "XMPPMON_STORE__HEARTBEAT_SECONDS": "1",
+        "XMPPMON_LOG__LEVEL": "DEBUG" if os.environ.get("XMPPMON_TEST_DEBUG") else "INFO",
+    })  # fmt: skip
+    env.update(extra)
+    return env

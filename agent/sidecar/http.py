@@ -15,7 +15,7 @@ import email.utils
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+
 
 import httpx
 import orjson
@@ -233,26 +233,3 @@ class HttpSink:
             elif status == "dead":
                 rnd.dead.append(attempt)
                 log.error("sink {}: notification {} dead-lettered: {}", self.name, item.key, error)
-
-
-class WebhookRelay(HttpSink):
-    """The batched webhook of seed 003: ``{"messages": [...]}``, optional bearer token."""
-
-    cfg: WebhookSink
-
-    def headers(self) -> dict[str, str]:
-        token = self.cfg.token
-        return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
-
-    @property
-    def max_batch(self) -> int:
-        return self.cfg.max_batch
-
-    @property
-    def max_bytes(self) -> int:
-        return self.cfg.max_bytes
-
-
-def first_attempts(rnd: Round) -> dict[int, Any]:
-    """The last attempt of each notification in a round (for tests and logs)."""
-    return {a.item.id: a for a in rnd.attempts}

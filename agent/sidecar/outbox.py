@@ -211,3 +211,11 @@ class Outbox:
             )
         return [{"id": r[1], "alert": orjson.loads(r[0]), "transition": r[2], "created_at": r[3]}
                 for r in rows]  # fmt: skip
+
+    async def is_firing(self, code: str, api: str = "") -> bool:
+        """Whether the sidecar's alert ``code`` (for sink ``api``) is firing."""
+        async with self._lock:
+            rows = list(await self._conn.execute_fetchall(
+                "SELECT 1 FROM alerts WHERE source = 'sidecar' AND app = '' AND code = ? AND api = ?"
+                " AND state = 'firing'", (code, api)))  # fmt: skip
+        return bool(rows)

@@ -1,0 +1,151 @@
+"""The sidecar process: one delivery loop per sink, and a watch loop for the rest.
+
+The watch loop takes new notifications into each sink's work (:meth:`Outbox.sync`), runs the dead
+man's switch (the agent's ``heartbeat`` row older than ``sidecar.agent_down_after`` raises
+``agent_down``; a fresh one resolves it) and re-posts firing alerts to Alertmanager. A sink that
+answers 401/403 raises ``sink_failing`` (its name in the ``api`` field), which the other sinks
+deliver; its first success afterwards resolves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+import httpx
+from loguru import logger
+
+from agent import __version__
+from agent.alerts import Observation, epoch
+from agent.config import AlertmanagerSink, Settings, WebhookSink, XmppSink
+from agent.sidecar.alertmanager import AlertmanagerRelay
+from agent.sidecar.http import Round
+from agent.sidecar.instrumentation import InstrumentedClient
+from agent.sidecar.outbox import Outbox
+from agent.sidecar.webhook import WebhookRelay
+from agent.sidecar.xmpp import XmppRelay
+
+log = logger.bind(component="sidecar")
+
+Relay = WebhookRelay | AlertmanagerRelay | XmppRelay
+
+
+class Sidecar:
+    def __init__(self, settings: Settings, outbox: Outbox) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.relays: dict[str, Relay] = {}
+        self._clients: list[httpx.AsyncClient] = []
+        self.failing: set[str] = set()
+        self.agent_down = False
+        self.started = time.time()
+        self._wake = asyncio.Event()
+        for name, cfg in settings.sidecar.named_sinks():
+            if isinstance(cfg, XmppSink):
+                self.relays[name] = XmppRelay(name, cfg, settings)
+                continue
+            client = httpx.AsyncClient(timeout=cfg.timeout)
+            self._clients.append(client)
+            http = InstrumentedClient(client, client_statistics=getattr(cfg, "client_statistics", False))
+            if isinstance(cfg, WebhookSink):
+                self.relays[name] = WebhookRelay(name, cfg, http)
+            else:
+                self.relays[name] = AlertmanagerRelay(name, cfg, http)
+
+    async def close(self) -> None:
+        for relay in self.relays.values():
+            if isinstance(relay, XmppRelay):
+                with contextlib.suppress(Exception):
+                    await relay.close()
+        for client in self._clients:
+            await client.aclose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.agent_down = await self.outbox.is_firing("agent_down")
+        for name in self.relays:
+            if await self.outbox.is_firing("sink_failing", name):
+                self.failing.add(name)
+        log.info("sidecar {} relaying to {}", __version__, ", ".join(self.relays) or "no sink")
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._watch(stop))
+            for name, relay in self.relays.items():
+                tasks.create_task(self._deliver_loop(name, relay, stop))
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        last_repost = 0.0
+        while not stop.is_set():
+            await self.check_heartbeat()
+            await self.outbox.sync(self.relays)
+            now = time.time()
+            ams = [r for r in self.relays.values() if isinstance(r, AlertmanagerRelay)]
+            if ams and now - last_repost >= min(r.cfg.resend_seconds for r in ams):
+                firing = await self.outbox.firing()
+                for relay in ams:
+                    await relay.repost(firing)
+                last_repost = now
+            await self._sleep(stop, self.settings.sidecar.poll_seconds)
+
+    async def check_heartbeat(self) -> None:
+        """The dead man's switch."""
+        beat = await self.outbox.heartbeat()
+        seen = epoch(beat) if beat else self.started
+        age = time.time() - seen
+        limit = self.settings.sidecar.agent_down_after
+        if age > limit and not self.agent_down:
+            detail = f"last heartbeat {beat}" if beat else "the agent never wrote a heartbeat"
+            log.error("agent down: {} ({:.0f} s ago)", detail, age)
+            await self.outbox.observe([Observation("sidecar", "agent_down", detail=detail)])
+            self.agent_down = True
+        elif age <= limit and self.agent_down:
+            log.info("agent back: heartbeat {}", beat)
+            await self.outbox.observe([Observation("sidecar", "agent_down", ok=True)])
+            self.agent_down = False
+
+    async def _deliver_loop(self, name: str, relay: Relay, stop: asyncio.Event) -> None:
+        cfg = relay.cfg
+        while not stop.is_set():
+            # One batch per round: each confirmation is committed before the next batch is sent.
+            items = await self.outbox.due(name, limit=getattr(cfg, "max_batch", 100))
+            if not items:
+                await self._sleep(stop, self.settings.sidecar.poll_seconds)
+                continue
+            rnd: Round = await relay.deliver(items)
+            await self.outbox.record(name, rnd.attempts, park_until=time.time() + cfg.park_seconds)
+            await self._meta(name, rnd)
+            if rnd.pause:
+                await self._sleep(stop, rnd.pause)
+
+    async def _meta(self, name: str, rnd: Round) -> None:
+        if rnd.failing and name not in self.failing:
+            self.failing.add(name)
+            log.error("sink {} is failing: {}", name, rnd.failing)
+            await self.outbox.observe([Observation("sidecar", "sink_failing", api=name, detail=rnd.failing)])
+        elif rnd.delivered and not rnd.failing and name in self.failing:
+            self.failing.discard(name)
+            log.info("sink {} works again", name)
+            await self.outbox.observe([Observation("sidecar", "sink_failing", api=name, ok=True)])
+        if rnd.failing or rnd.delivered:
+            await self.outbox.sync(self.relays)
+
+
+async def run_sidecar(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    outbox = await Outbox.open(settings.store.path, settings.alerts, settings.store.busy_timeout_ms)
+    sidecar = Sidecar(settings, outbox)
+    try:
+        await sidecar.run(stop)
+    finally:
+        await sidecar.close()
+        await outbox.close()
+    log.info("sidecar stopped")

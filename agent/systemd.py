@@ -1,0 +1,209 @@
+"""sd_notify for ``Type=notify`` units: READY, STATUS, WATCHDOG and STOPPING.
+
+The protocol is one datagram of ``KEY=value`` lines sent to the AF_UNIX socket named in
+``$NOTIFY_SOCKET`` (a leading ``@`` means the abstract namespace). It is a dozen lines, so it is
+written here rather than depending on ``sdnotify`` (0.3.2, unmaintained since 2017, and it
+swallows every error) or ``systemd-python`` (needs libsystemd headers to build). Outside systemd
+(no ``$NOTIFY_SOCKET``) every call is a no-op.
+
+:func:`supervise` is the agent's side: READY once the store is open and the first session is up
+(or the server is unreachable and the agent is retrying, so a down server does not make systemd
+restart it in a loop), ``STATUS=`` lines for ``systemctl status``, and ``WATCHDOG=1`` only while the
+event loop (this task runs at all) and the writer (commits succeed and make progress) are healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from agent.session import MonitorSession
+    from agent.store import Store
+
+log = logger.bind(component="systemd")
+
+#: How often STATUS= is refreshed (the events-per-minute figure is over the last minute).
+STATUS_EVERY = 10.0
+
+
+class Notifier:
+    """Sends sd_notify datagrams; does nothing when not started by systemd."""
+
+    def __init__(self, address: str | None = None) -> None:
+        address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        self.address: str | bytes | None = None
+        if address:
+            # Abstract sockets: '@' stands for the leading NUL byte.
+            self.address = b"\0" + address[1:].encode() if address.startswith("@") else address
+        self._sock: socket.socket | None = None
+        self._warned = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, *lines: str) -> bool:
+        """Send ``lines`` as one datagram; False (and one warning) if it could not be sent."""
+        if self.address is None:
+            return False
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto("\n".join(lines).encode(), self.address)
+        except OSError as exc:
+            if not self._warned:
+                log.warning("cannot notify systemd at {!r}: {}", self.address, exc)
+                self._warned = True
+            return False
+        return True
+
+    def ready(self, status: str) -> bool:
+        return self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+
+    def status(self, status: str) -> bool:
+        return self.notify(f"STATUS={status}")
+
+    def watchdog(self) -> bool:
+        return self.notify("WATCHDOG=1")
+
+    def stopping(self, status: str = "stopping: flushing the database") -> bool:
+        return self.notify("STOPPING=1", f"STATUS={status}")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def watchdog_interval() -> float | None:
+    """Half of ``$WATCHDOG_USEC`` in seconds (systemd's advice), or None when no watchdog is set.
+
+    ``$WATCHDOG_PID``, when present, must be this process: a child must not feed its parent's dog.
+    """
+    usec = os.environ.get("WATCHDOG_USEC", "")
+    pid = os.environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+@dataclass
+class WriterHealth:
+    """Whether the store's writer is making progress.
+
+    Wedged means: its last commit failed (``store.healthy`` is False), or records have been
+    waiting for ``stall_after`` seconds without any commit completing.
+    """
+
+    stall_after: float
+    _seen_commit: float = 0.0
+    _stuck_since: float | None = None
+    reason: str = field(default="")
+
+    def check(self, store: Store, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        if not store.healthy:
+            self.reason = store.last_error or "database writes are failing"
+            return False
+        if store.pending and store.last_commit == self._seen_commit:
+            self._stuck_since = self._stuck_since or now
+            if now - self._stuck_since > self.stall_after:
+                self.reason = f"no commit for {now - self._stuck_since:.0f} s with {store.pending} records waiting"
+                return False
+        else:
+            self._stuck_since = None
+        self._seen_commit = store.last_commit
+        self.reason = ""
+        return True
+
+
+def _firing_alerts(store: Store) -> int | None:
+    """Firing alerts from a read-only connection, or None when there is no ``alerts`` table."""
+    from agent.store import connect_readonly
+
+    try:
+        conn = connect_readonly(store.settings.path, timeout=1.0)
+    except Exception:  # noqa: BLE001 - a status line must never take the agent down
+        return None
+    try:
+        return int(conn.execute("SELECT count(*) FROM alerts WHERE state = 'firing'").fetchone()[0])
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+async def _session_state(store: Store) -> str:
+    try:
+        state = await asyncio.wait_for(store.read_state(), 2.0)
+    except Exception:  # noqa: BLE001 - the writer may be busy; ask again next time
+        return ""
+    return state.get("session") or ""
+
+
+async def supervise(
+    notifier: Notifier,
+    store: Store,
+    session: MonitorSession,
+    stop: asyncio.Event,
+    ready_timeout: float = 30.0,
+) -> None:
+    """Tell systemd about the agent until ``stop`` is set; then send STOPPING=1."""
+    interval = watchdog_interval()
+    tick = min(interval / 2, 1.0) if interval else 1.0
+    health = WriterHealth(stall_after=max(2 * store.settings.busy_timeout_ms / 1000, 5.0))
+    started = time.monotonic()
+    ready = False
+    last_ping = last_status = 0.0
+    counted = [(started, store.committed_events)]
+    wedged = False
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            if not ready:
+                state = "connected" if session.connected.is_set() else await _session_state(store)
+                if state.startswith("connected"):
+                    notifier.ready("connected")
+                    ready = True
+                    log.info("ready: session up")
+                elif state.startswith(("retrying", "disconnected")) or now - started > ready_timeout:
+                    notifier.ready(f"server unreachable, {state or 'connecting'}")
+                    ready = True
+                    log.info("ready: the server is unreachable; retrying in the background")
+            healthy = health.check(store, now)
+            if healthy and interval and now - last_ping >= interval:
+                notifier.watchdog()
+                last_ping = now
+            if healthy == wedged:  # log each change once
+                wedged = not healthy
+                if wedged:
+                    log.error("writer wedged ({}): no longer feeding the systemd watchdog", health.reason)
+                else:
+                    log.info("writer healthy again: feeding the systemd watchdog")
+            if ready and (now - last_status >= STATUS_EVERY or wedged):
+                counted = [c for c in counted if now - c[0] <= 60.0] + [(now, store.committed_events)]
+                per_minute = (counted[-1][1] - counted[0][1]) * 60.0 / max(now - counted[0][0], 1.0)
+                firing = await asyncio.to_thread(_firing_alerts, store)
+                link = "connected" if session.connected.is_set() else "disconnected, retrying"
+                text = f"{link}; {per_minute:.0f} events/min"
+                if firing is not None:
+                    text += f"; {firing} alert(s) firing"
+                if wedged:
+                    text += f"; WRITER WEDGED: {health.reason}"
+                notifier.status(text)
+                last_status = now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopping), tick)
+    finally:
+        stopping.cancel()
+        notifier.stopping()
