@@ -30,9 +30,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _setup_logs(settings: Settings) -> None:
-    from agent.logs import setup_logging
+    from agent.logs import secrets_of, setup_logging
 
-    setup_logging(settings.log)
+    setup_logging(settings.log, secrets=secrets_of(settings))
 
 
 # -- run -----------------------------------------------------------------------------------------
@@ -98,21 +98,30 @@ def read_status(path: Path) -> dict[str, Any]:
                 "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC LIMIT 10"
             )
         }
+        backlog, firing = _sidecar_backlog(conn)
     finally:
         conn.close()
     heartbeat_age = None
     if state.get("heartbeat"):
         heartbeat = time.mktime(time.strptime(state["heartbeat"][:19], "%Y-%m-%dT%H:%M:%S"))
         heartbeat_age = round(time.mktime(time.gmtime()) - heartbeat, 1)
+    uptime = None
+    if state.get("started_at") and state.get("session") != "stopped":
+        started = time.mktime(time.strptime(state["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+        uptime = round(time.mktime(time.gmtime()) - started)
     return {
         "database": str(path),
         "session": state.get("session"),
+        "started_at": state.get("started_at"),
+        "uptime_s": uptime,
         "connected_since": state.get("connected_since"),
         "last_error": state.get("last_error"),
         "last_ping_rtt_ms": _number(state.get("last_ping_rtt_ms")),
         "last_ping_at": state.get("last_ping_at"),
         "heartbeat_age_s": heartbeat_age,
         "reconnects": _number(state.get("reconnects")),
+        "firing_alerts": firing,
+        "undelivered_per_sink": backlog,
         "subscriptions": orjson.loads(state["subscriptions"]) if state.get("subscriptions") else {},
         "events_last_minute": last_minute,
         "rows": totals,
@@ -121,6 +130,26 @@ def read_status(path: Path) -> dict[str, Any]:
         "version": state.get("version"),
         "pid": _number(state.get("pid")),
     }
+
+
+def _sidecar_backlog(conn: sqlite3.Connection) -> tuple[dict[str, int] | None, int | None]:
+    """Undelivered notifications per sink and firing alerts; None where the tables are absent."""
+    try:
+        backlog = {
+            row[0]: row[1]
+            for row in conn.execute(
+                "SELECT c.sink, (SELECT count(*) FROM notifications n WHERE n.id > c.last_id)"
+                " + (SELECT count(*) FROM delivery_state d WHERE d.sink = c.sink"
+                " AND d.state = 'pending') FROM sink_cursor c ORDER BY c.sink"
+            )
+        }
+    except sqlite3.OperationalError:  # no sidecar tables in this database
+        backlog = None
+    try:
+        firing = conn.execute("SELECT count(*) FROM alerts WHERE state = 'firing'").fetchone()[0]
+    except sqlite3.OperationalError:
+        firing = None
+    return backlog, firing
 
 
 def _number(value: str | None) -> float | int | None:
@@ -151,14 +180,56 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- query ---------------------------------------------------------------------------------------
 
 
+#: ``xmppmon query --view NAME``: name -> (what it shows, SQL). Documented in docs/operations.md.
+VIEWS: dict[str, tuple[str, str]] = {
+    "events-per-minute": (
+        "events per minute per kind over the last hour (api calls as kind 'api')",
+        "SELECT minute, kind, count(*) AS events FROM ("
+        " SELECT substr(ts, 1, 16) AS minute, kind FROM events"
+        "  WHERE ts >= strftime('%Y-%m-%dT%H:%M', 'now', '-60 minutes')"
+        " UNION ALL SELECT substr(ts, 1, 16), 'api' FROM api_calls"
+        "  WHERE ts >= strftime('%Y-%m-%dT%H:%M', 'now', '-60 minutes'))"
+        " GROUP BY minute, kind ORDER BY minute DESC, kind",
+    ),
+    "open-alerts": (
+        "firing and pending alerts, firing first",
+        "SELECT id, state, severity, source, app, code, api, count, first_seen, last_seen, detail"
+        " FROM alerts WHERE state IN ('firing', 'pending')"
+        " ORDER BY state = 'firing' DESC, last_seen DESC",
+    ),
+    "failed-deliveries": (
+        "notification delivery attempts that failed, newest first",
+        "SELECT id, sink, notification_id, attempt, status, http_status, error, request_id,"
+        " finished_at FROM deliveries WHERE status <> 'delivered' ORDER BY id DESC",
+    ),
+    "exports": (
+        "export jobs and their state",
+        "SELECT id, type, data, from_ts, to_ts, state, rows, bytes, error, created_at, finished_at"
+        " FROM export_jobs ORDER BY id DESC",
+    ),
+}
+
+
 def cmd_query(args: argparse.Namespace) -> int:
-    """Run one read-only SQL statement and print the rows."""
+    """Run one read-only SQL statement (or a documented --view) and print the rows."""
+    if args.view:
+        sql = VIEWS[args.view][1]
+    elif args.sql:
+        sql = args.sql
+    else:
+        names = "\n".join(f"  {name:<18} {about}" for name, (about, _) in VIEWS.items())
+        raise XmppmonError(f"give one SQL statement or --view NAME; the views are:\n{names}")
     conn = connect_readonly(_settings(args).store.path)
     try:
-        cursor = conn.execute(args.sql)
+        cursor = conn.execute(sql)
         columns = [d[0] for d in cursor.description or ()]
         rows = [tuple(row) for row in cursor.fetchmany(args.limit) if True]
     except sqlite3.Error as exc:
+        if args.view and "no such table" in str(exc):
+            raise XmppmonError(
+                f"view {args.view} needs a table this database lacks ({exc}): the agent or the"
+                " sidecar that creates it has not run with this version"
+            ) from None
         raise XmppmonError(f"query failed: {exc}") from None
     finally:
         conn.close()
@@ -250,6 +321,74 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- doctor and export ---------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check configuration, database, permissions, CA file and DNS; send nothing. Exit 1 on failure."""
+    from agent.doctor import run_checks
+
+    checks = run_checks(args.config, args.database)
+    for check in checks:
+        print(check.line())
+    failed = sum(check.status == "FAIL" for check in checks)
+    print(f"{len(checks)} checks, {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Create and run an export job (snapshot or history), list jobs, or show one job."""
+    from agent import export
+
+    settings = _settings(args)
+    db, busy = settings.store.path, settings.store.busy_timeout_ms
+    if args.action == "list" or args.action == "status":
+        jobs = export.list_jobs(db) if args.action == "list" else [export.get_job(db, _job_id(args))]
+        if args.json:
+            for job in jobs:
+                print(orjson.dumps(dict(vars(job), state=job.describe())).decode())
+            return 0
+        columns = ["id", "type", "data", "from_ts", "to_ts", "state", "rows", "bytes", "error", "manifest"]
+        _print_rows(columns, [tuple(getattr(j, c) if c != "state" else j.describe() for c in columns) for j in jobs], "table")
+        return 0
+    if args.action == "run":  # what --background starts
+        export.run_job(db, _job_id(args), busy)
+        return 0
+    if bool(args.snapshot) == bool(args.history):
+        raise XmppmonError("export create needs exactly one of --snapshot NAME or --history NAME")
+    dest = Path(args.dest) if args.dest else db.resolve().parent / "exports"
+    job_id = export.create_job(
+        db, "snapshot" if args.snapshot else "history", args.snapshot or args.history, dest,
+        from_ts=export.parse_time(args.from_) if args.from_ else None,
+        to_ts=export.parse_time(args.to) if args.to else None,
+        csv_too=args.csv, busy_timeout_ms=busy,
+    )  # fmt: skip
+    print(f"export job {job_id} queued", flush=True)
+    if args.background:
+        import subprocess
+
+        command = [sys.executable, "-m", "agent", "export", "run", str(job_id), "--database", str(db)]
+        if args.config:
+            command[3:3] = ["--config", args.config]
+        subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL,  # noqa: S603
+                         stdout=subprocess.DEVNULL)  # fmt: skip
+        print(f"running in the background: xmppmon export status {job_id}")
+        return 0
+    progress = None
+    if sys.stderr.isatty():
+        job = export.get_job(db, job_id)
+        progress = export.Progress(job_id, export.count_rows(db, job))
+    job = export.run_job(db, job_id, busy, progress)
+    print(f"export job {job_id} succeeded: {job.rows} rows, {job.bytes} bytes, manifest {job.manifest}")
+    return 0
+
+
+def _job_id(args: argparse.Namespace) -> int:
+    if args.id is None:
+        raise XmppmonError(f"export {args.action} needs a job id")
+    return int(args.id)
+
+
 # -- demo ----------------------------------------------------------------------------------------
 
 
@@ -293,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--json", action="store_true", help="machine-readable output")
         elif name == "query":
-            p.add_argument("sql", help='one SQL statement, e.g. "SELECT kind, count(*) FROM events GROUP BY kind"')
+            p.add_argument("sql", nargs="?", help='one SQL statement, e.g. "SELECT kind, count(*) FROM events GROUP BY kind"')
+            p.add_argument("--view", choices=sorted(VIEWS), help="a documented view instead of SQL")
             p.add_argument("--format", choices=("table", "csv", "json"), default="table")
             p.add_argument("--csv", dest="format", action="store_const", const="csv")
             p.add_argument("--json", dest="format", action="store_const", const="json")
@@ -313,6 +453,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("sidecar", cmd_sidecar)
     p.add_argument("--database", metavar="PATH", help="SQLite file (default: XMPPMON_STORE__PATH)")
+
+    p = add("doctor", cmd_doctor)
+    p.add_argument("--database", metavar="PATH", help="SQLite file (default: XMPPMON_STORE__PATH)")
+
+    from agent.export import HISTORY, SNAPSHOTS
+
+    p = add("export", cmd_export)
+    p.add_argument("action", choices=("create", "list", "status", "run"))
+    p.add_argument("id", nargs="?", type=int, help="job id (status, run)")
+    p.add_argument("--database", metavar="PATH", help="SQLite file (default: XMPPMON_STORE__PATH)")
+    p.add_argument("--snapshot", choices=sorted(SNAPSHOTS), help="current state of a table")
+    p.add_argument("--history", choices=HISTORY, help="events of one kind over --from/--to")
+    p.add_argument("--from", dest="from_", metavar="TIME", help="start (RFC 3339 or date, inclusive)")
+    p.add_argument("--to", metavar="TIME", help="end (exclusive; default now)")
+    p.add_argument("--dest", metavar="DIR", help="destination folder (default: exports/ beside the database)")
+    p.add_argument("--csv", action="store_true", help="also write gzip CSV")
+    p.add_argument("--background", action="store_true", help="return at once; poll with export status")
+    p.add_argument("--json", action="store_true", help="list/status as JSON lines")
 
     p = add("demo", cmd_demo)
     p.add_argument("--duration", type=float, default=60, help="seconds to run (0: until Ctrl-C)")

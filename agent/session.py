@@ -343,12 +343,20 @@ class MonitorSession:
     # -- recovery -----------------------------------------------------------------------------
 
     async def _after_new_session(self) -> None:
+        # Catch-up must not wait for subscriptions: the service may be down for a long time while
+        # the archive already holds what it sent before.
+        subscribing = asyncio.ensure_future(self._subscribe_all())
+        try:
+            await self._catch_up()
+            await subscribing
+        finally:
+            subscribing.cancel()
+
+    async def _catch_up(self) -> None:
         plugin = self.client.plugin.get("monitor_events", None)
-        if plugin is not None:
-            plugin.recovered.clear()
-        await self._subscribe_all()
         if plugin is None:
             return
+        plugin.recovered.clear()
         state = await self.store.read_state()
         after = plugin.last_archive_id or state.get("mam_last_id")
         fallback = _minus_minutes(await self.store.last_received_at(), 5)
