@@ -73,6 +73,9 @@ CATALOGUE: Final[dict[str, Status]] = {s.code: s for s in (
        "check the network path to the XMPP server"),
     _S("disconnected", "the agent has been disconnected from the XMPP server", "disconnected",
        "critical", "check the XMPP server and the network; see xmppmon status"),
+    _S("store_failing", "the agent cannot commit to its database (disk full, locked, I/O error)",
+       "storage", "critical",
+       "free space on the database's filesystem or release the lock; events wait on the server"),
     # Raised by the sidecar itself.
     _S("agent_down", "the agent's heartbeat is stale: it is down or stuck", "relay", "critical",
        "check systemctl status xmppmon-agent and journalctl -u xmppmon-agent"),
@@ -100,6 +103,7 @@ DEFAULT_RULES: Final[dict[str, AlertRule]] = {
     "session": _R(threshold=1, resolve_hold_seconds=0),
     "disconnected": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
     "relay": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
+    "storage": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
 }
 
 

@@ -164,7 +164,7 @@ class Store:
     ) -> None:
         self.settings = settings
         #: Alert rules, evaluated in the transaction of the events that caused them (agent.alerts).
-        self.alerts = AlertEngine(alerts or AlertSettings(), frozenset({"api", "subscription", "session"}))
+        self.alerts = AlertEngine(alerts or AlertSettings(), frozenset({"api", "subscription", "session", "store"}))
         self._conn = conn
         self._events: list[tuple[Event, str]] = []
         self._quarantine: list[Quarantined] = []
@@ -326,6 +326,9 @@ class Store:
         message = f"cannot commit to {self.settings.path}: {exc}"
         if message != self.last_error:
             log.error("{}; holding {} record(s) and acknowledgements, retrying", message, self.pending)
+            # Committed with the first write that succeeds: while the disk is full, the stale
+            # heartbeat is what makes the sidecar raise "agent down" in the meantime.
+            self.observe("store", "store_failing", detail=str(exc))
         self.healthy = False
         self.last_error = message
 
@@ -357,6 +360,7 @@ class Store:
         if not self.healthy:
             log.info("database writes recovered; committed {} pending record(s)", len(events))
             self.healthy, self.last_error = True, None
+            self.observe("store", "store_failing", ok=True)
         for mark in marks:
             if not mark.future.done():
                 mark.future.set_result(None)

@@ -248,3 +248,57 @@ async def test_database_locked_by_another_writer(
         reader.close()
         writer.close()
     assert agent.stop() == 0
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "8m") -> Iterator[Path]:
+    """A size-limited tmpfs at ``path`` (needs root, as CI and the README's commands run)."""
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs for the disk-full test (needs root): {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem is full; return it (delete it to give the space back)."""
+    filler = directory / "filler"
+    with filler.open("wb") as out:
+        chunk = b"\0" * 65536
+        with contextlib.suppress(OSError):
+            while True:
+                out.write(chunk)
+                out.flush()
+    return filler
+
+
+async def test_disk_full_stops_acknowledging_and_catches_up(
+    prosody: ProsodyServer, tmp_path: Path, agent_process: list[AgentProcess]
+) -> None:
+    """With the disk full the agent keeps running, says why, stops acknowledging, and stores everything once space returns."""
+    with small_tmpfs(tmp_path / "disk") as disk:
+        db, log = disk / "m.db", tmp_path / "sent.log"
+        account = new_account(prosody)
+        agent = AgentProcess(agent_env(prosody, db, account), tmp_path / "agent.log")
+        agent_process.append(agent)
+        agent.start()
+        await wait_until(lambda: connected(db), what="connected")
+        pid = agent.proc.pid if agent.proc else None
+        filler = fill(disk)
+        stream = asyncio.ensure_future(
+            emulator.run(emulator_options(prosody, to=[account[0]], count=4000, batch=10, rate=2000, event_log=log))
+        )
+        await wait_until(lambda: "disk is full" in agent.text(), what="disk full reported")
+        await stream
+        await asyncio.sleep(1)
+        assert agent.proc is not None and agent.proc.poll() is None and agent.proc.pid == pid
+        assert len(stored(db)[0]) < len(expected_ids(log))
+        filler.unlink()
+        await assert_exactly_once(db, log)
+        assert "database writes recovered" in agent.text()
+        assert agent.stop() == 0
+        alert = db_value(db, "SELECT state || ' ' || count FROM alerts WHERE code = 'store_failing'")
+        assert alert is not None and alert.startswith("resolved"), alert
