@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,12 +84,27 @@ def stored(db: Path) -> tuple[set[str], int]:
     return {r[0] for r in rows}, len(rows)
 
 
-async def assert_exactly_once(db: Path, log: Path, timeout: float = 60) -> int:
-    """Wait until every sent history/api event is stored, then check no loss, no duplicate, no corruption."""
+async def assert_exactly_once(db: Path, log: Path, timeout: float = 60, recovery_started: float | None = None) -> int:
+    """Wait until every sent history/api event is stored, then check no loss, no duplicate, no corruption.
+
+    With ``XMPPMON_FAULT_REPORT=FILE`` set, appends the scenario's figures to FILE (JSON lines);
+    ``bench/faults_report.py`` turns them into the table of docs/reliability.md.
+    """
     want = expected_ids(log)
+    started = recovery_started or time.monotonic()
     await wait_until(lambda: want <= stored(db)[0], timeout=timeout, what=f"all {len(want)} events stored")
+    recovered_in = time.monotonic() - started
     await asyncio.sleep(0.5)  # anything late would be a duplicate: give it the chance to show
     ids, rows = stored(db)
+    report = os.environ.get("XMPPMON_FAULT_REPORT")
+    if report:
+        with open(report, "a") as out:
+            out.write(json.dumps({
+                "scenario": os.environ.get("PYTEST_CURRENT_TEST", "?").split("::")[-1].split(" ")[0],
+                "sent": len(want), "stored": len(ids), "lost": len(want - ids),
+                "duplicated": rows - len(ids), "recovered_in_s": round(recovered_in, 2),
+                "integrity": db_value(db, "PRAGMA integrity_check"),
+            }) + "\n")  # fmt: skip
     assert ids == want, f"{len(want - ids)} lost, {len(ids - want)} unexpected"
     assert rows == len(ids), f"{rows - len(ids)} duplicated rows"
     assert db_value(db, "PRAGMA integrity_check") == "ok"
@@ -113,8 +131,9 @@ async def test_sigkill_during_stream_then_restart_within_hibernation(
         await asyncio.sleep(pause)
         agent.kill()
         agent.start()
+        restarted = time.monotonic()
     report = await stream
-    count = await assert_exactly_once(db, log)
+    count = await assert_exactly_once(db, log, recovery_started=restarted)
     assert count > 10_000 and report.events_sent == 20_000
     assert "resumed" in agent.text()
     assert agent.stop() == 0
@@ -139,7 +158,7 @@ async def test_sigkill_then_restart_after_hibernation_expired(
         await stream  # everything else is sent while the agent is down
         await asyncio.sleep(4)  # hibernation (2 s) expires
         agent.start()
-        await assert_exactly_once(db, log)
+        await assert_exactly_once(db, log, recovery_started=time.monotonic())
         text = agent.text()
         assert "new session" in text and "recovered" in text
         assert agent.stop() == 0
@@ -159,7 +178,7 @@ async def test_queue_overflow_while_down(tmp_path: Path, agent_process: list[Age
         agent.kill()
         await emulator.run(emulator_options(server, to=[account[0]], count=3000, batch=5, event_log=log))
         agent.start()
-        await assert_exactly_once(db, log)
+        await assert_exactly_once(db, log, recovery_started=time.monotonic())
         assert "new session" in agent.text()
         assert agent.stop() == 0
 
@@ -187,7 +206,7 @@ async def test_server_frozen_then_killed_and_restarted(
     server.kill()
     server.start()
     agent.proc.send_signal(18)
-    await assert_exactly_once(db, log)
+    await assert_exactly_once(db, log, recovery_started=time.monotonic())
     assert agent.stop() == 0
 
 
@@ -212,8 +231,9 @@ async def test_tcp_connection_cut_during_burst(
             ["ss", "-K", "dst", "127.0.0.1", "dport", "=", f":{server.c2s_port}"],
             check=True, capture_output=True, timeout=10,
         )  # fmt: skip
+        cut = time.monotonic()
     await stream
-    await assert_exactly_once(db, log)
+    await assert_exactly_once(db, log, recovery_started=cut)
     assert int(agent_state(db, "reconnects") or 0) >= 1
     assert agent.stop() == 0
 
@@ -240,8 +260,9 @@ async def test_database_locked_by_another_writer(
         await wait_until(lambda: "locked" in agent.text(), what="lock noticed")
         await asyncio.sleep(2)
         writer.execute("ROLLBACK")
+        released = time.monotonic()
         await stream
-        await assert_exactly_once(db, log)
+        await assert_exactly_once(db, log, recovery_started=released)
     finally:
         with contextlib.suppress(sqlite3.Error):
             reader.execute("COMMIT")
@@ -297,7 +318,7 @@ async def test_disk_full_stops_acknowledging_and_catches_up(
         assert agent.proc is not None and agent.proc.poll() is None and agent.proc.pid == pid
         assert len(stored(db)[0]) < len(expected_ids(log))
         filler.unlink()
-        await assert_exactly_once(db, log)
+        await assert_exactly_once(db, log, recovery_started=time.monotonic())
         assert "database writes recovered" in agent.text()
         assert agent.stop() == 0
         alert = db_value(db, "SELECT state || ' ' || count FROM alerts WHERE code = 'store_failing'")
