@@ -131,6 +131,10 @@ class StoreSettings(_Section):
     flush_ms: float = Field(default=10.0, gt=0, description="or after this many milliseconds")
     busy_timeout_ms: int = Field(default=30_000, ge=0)
     heartbeat_seconds: float = Field(default=15.0, gt=0)
+    stall_seconds: float = Field(
+        default=60.0, gt=0,
+        description="a write blocked this long counts as wedged (systemd watchdog); keep it above busy_timeout",
+    )  # fmt: skip
 
 
 class PluginSettings(_Section):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -612,35 +613,55 @@ class _Streamer:
 
 
 async def _connect(xmpp: MonitorComponent, options: EmulatorOptions) -> None:
-    """Connect and complete the XEP-0114 handshake, or raise a SessionError saying why."""
+    """Connect and complete the XEP-0114 handshake, or raise a SessionError saying why.
+
+    A ``conflict`` stream error means the previous connection of this component is still being
+    torn down by the server (a quick restart): that is retried until ``connect_timeout``.
+    """
     loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[str] = loop.create_future()
-
-    def settle(reason: str) -> Callable[[Any], None]:
-        def handler(_: Any) -> None:
-            if not outcome.done():
-                outcome.set_result(reason)
-
-        return handler
-
-    for event in ("session_start", "connection_failed", "stream_error", "disconnected"):
-        xmpp.add_event_handler(event, settle(event))
-    xmpp.connect(options.host, options.port)
+    deadline = loop.time() + options.connect_timeout
     where = f"{options.host}:{options.port}"
-    try:
-        reason = await asyncio.wait_for(outcome, options.connect_timeout)
-    except TimeoutError:
+    while True:
+        outcome: asyncio.Future[str] = loop.create_future()
+
+        def settle(reason: str) -> Callable[[Any], None]:
+            def handler(data: Any) -> None:
+                if not outcome.done():
+                    if reason == "stream_error":
+                        with contextlib.suppress(Exception):
+                            if data["condition"] == "conflict":
+                                outcome.set_result("conflict")
+                                return
+                    outcome.set_result(reason)
+
+            return handler
+
+        handlers = {e: settle(e) for e in ("session_start", "connection_failed", "stream_error", "disconnected")}
+        for event, handler in handlers.items():
+            xmpp.add_event_handler(event, handler)
+        xmpp.connect(options.host, options.port)
+        try:
+            reason = await asyncio.wait_for(outcome, max(0.1, deadline - loop.time()))
+        except TimeoutError:
+            xmpp.cancel_connection_attempt()
+            xmpp.abort()
+            raise NegotiationTimeout(
+                f"The XMPP server at {where} did not accept component {options.jid} within "
+                f"{options.connect_timeout:g} s: check that it is running and that its component "
+                "port is the one given with --port."
+            ) from None
+        finally:
+            for event, handler in handlers.items():
+                xmpp.del_event_handler(event, handler)
+        if reason == "session_start":
+            return
         xmpp.cancel_connection_attempt()
         xmpp.abort()
-        raise NegotiationTimeout(
-            f"The XMPP server at {where} did not accept component {options.jid} within "
-            f"{options.connect_timeout:g} s: check that it is running and that its component "
-            "port is the one given with --port."
-        ) from None
-    if reason == "session_start":
-        return
-    xmpp.cancel_connection_attempt()
-    xmpp.abort()
+        if reason == "conflict" and loop.time() < deadline:
+            logger.info("Component {} is still connected on the server; retrying.", options.jid)
+            await asyncio.sleep(0.2)
+            continue
+        break
     if reason == "connection_failed":
         raise SessionError(
             f"Cannot connect to the XMPP server's component port at {where}: "

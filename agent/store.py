@@ -180,8 +180,12 @@ class Store:
         #: False while commits fail (disk full, database locked beyond busy_timeout).
         self.healthy = True
         self.last_error: str | None = None
-        #: Monotonic time of the last successful commit, for the watchdog.
+        #: Monotonic time of the last successful commit.
         self.last_commit = time.monotonic()
+        #: For the watchdog: when the write in progress started (None between writes), and when
+        #: the last one ended, committed or not. A writer that keeps failing still cycles.
+        self.write_started: float | None = None
+        self.last_attempt = time.monotonic()
         self.committed_events = 0
         #: Called with True when the backlog passes ``high_water`` and False once it drains.
         self.backpressure: Callable[[bool], None] | None = None
@@ -303,8 +307,10 @@ class Store:
                 self._state["heartbeat"] = utc_now()
                 self._last_heartbeat = time.monotonic()
             try:
+                self.write_started = time.monotonic()
                 await self._flush()
             except (sqlite3.Error, OSError) as exc:
+                self.write_started, self.last_attempt = None, time.monotonic()
                 delay = min(max(delay * 2, 0.1), 5.0)
                 self._failed(exc, delay)
                 if self._closing and delay >= 5.0:
@@ -312,6 +318,7 @@ class Store:
                 await asyncio.sleep(delay)
                 self._wake.set()
                 continue
+            self.write_started, self.last_attempt = None, time.monotonic()
             delay = 0.0
             if self._closing and not self._has_work():
                 return

@@ -98,30 +98,29 @@ def watchdog_interval() -> float | None:
 
 @dataclass
 class WriterHealth:
-    """Whether the store's writer is making progress.
+    """Whether the store's writer is alive, for the watchdog.
 
-    Wedged means: its last commit failed (``store.healthy`` is False), or records have been
-    waiting for ``stall_after`` seconds without any commit completing.
+    Wedged means stuck, not failing: one write has been in progress for ``stall_after`` seconds
+    (blocked inside SQLite or its thread), or records have waited that long with no write even
+    attempted (the writer task is gone). A writer whose commits fail and that keeps retrying (disk
+    full, a lock held past busy_timeout) is not wedged: a restart cannot free the disk, it would
+    only crash-loop; the failure is reported by STATUS, the log and the ``store_failing`` alert.
     """
 
     stall_after: float
-    _seen_commit: float = 0.0
-    _stuck_since: float | None = None
     reason: str = field(default="")
+    failing: str = field(default="")
 
     def check(self, store: Store, now: float | None = None) -> bool:
         now = time.monotonic() if now is None else now
-        if not store.healthy:
-            self.reason = store.last_error or "database writes are failing"
+        self.failing = "" if store.healthy else (store.last_error or "database writes are failing")
+        started = store.write_started
+        if started is not None and now - started > self.stall_after:
+            self.reason = f"a database write has been blocked for {now - started:.0f} s"
             return False
-        if store.pending and store.last_commit == self._seen_commit:
-            self._stuck_since = self._stuck_since or now
-            if now - self._stuck_since > self.stall_after:
-                self.reason = f"no commit for {now - self._stuck_since:.0f} s with {store.pending} records waiting"
-                return False
-        else:
-            self._stuck_since = None
-        self._seen_commit = store.last_commit
+        if started is None and store.pending and now - store.last_attempt > self.stall_after:
+            self.reason = f"no database write attempted for {now - store.last_attempt:.0f} s with {store.pending} records waiting"
+            return False
         self.reason = ""
         return True
 
@@ -160,7 +159,7 @@ async def supervise(
     """Tell systemd about the agent until ``stop`` is set; then send STOPPING=1."""
     interval = watchdog_interval()
     tick = min(interval / 2, 1.0) if interval else 1.0
-    health = WriterHealth(stall_after=max(2 * store.settings.busy_timeout_ms / 1000, 5.0))
+    health = WriterHealth(stall_after=store.settings.stall_seconds)
     started = time.monotonic()
     ready = False
     last_ping = last_status = 0.0
@@ -190,7 +189,7 @@ async def supervise(
                     log.error("writer wedged ({}): no longer feeding the systemd watchdog", health.reason)
                 else:
                     log.info("writer healthy again: feeding the systemd watchdog")
-            if ready and (now - last_status >= STATUS_EVERY or wedged):
+            if ready and (now - last_status >= STATUS_EVERY or wedged or (health.failing and now - last_status >= 1.0)):
                 counted = [c for c in counted if now - c[0] <= 60.0] + [(now, store.committed_events)]
                 per_minute = (counted[-1][1] - counted[0][1]) * 60.0 / max(now - counted[0][0], 1.0)
                 firing = await asyncio.to_thread(_firing_alerts, store)
@@ -200,6 +199,8 @@ async def supervise(
                     text += f"; {firing} alert(s) firing"
                 if wedged:
                     text += f"; WRITER WEDGED: {health.reason}"
+                elif health.failing:
+                    text += f"; DATABASE FAILING, retrying (events wait on the server): {health.failing}"
                 notifier.status(text)
                 last_status = now
             with contextlib.suppress(TimeoutError):

@@ -194,10 +194,11 @@ async def test_unreachable_server_still_ready_with_retrying_status(
 async def test_wedged_writer_stops_the_watchdog(
     prosody: ProsodyServer, tmp_path: Path, notify: NotifySocket, processes: list[subprocess.Popen[bytes]]
 ) -> None:
-    """While another connection holds the write lock, pings stop and STATUS says why; they resume after."""
+    """A write blocked longer than stall_seconds stops the pings and STATUS says why; they resume after."""
     db = tmp_path / "m.db"
     account = new_account(prosody)
-    env = agent_env(prosody, db, account, notify, store__busy_timeout_ms=100)
+    # busy_timeout far above stall_seconds: the write stays blocked inside SQLite, as a hung disk would.
+    env = agent_env(prosody, db, account, notify, store__busy_timeout_ms=60_000, store__stall_seconds=1)
     proc = start_agent(env, tmp_path / "agent.log")
     processes.append(proc)
     await wait_until(lambda: notify.with_key("READY"), 20, "READY=1")
@@ -211,7 +212,7 @@ async def test_wedged_writer_stops_the_watchdog(
     try:
         async with running(emulator.run(options, stop)):
             wedged = await wait_until(lambda: [m for m in notify.with_key("STATUS") if "WEDGED" in m["STATUS"]], 10, "WEDGED status")
-            assert "database is locked" in wedged[0]["STATUS"]
+            assert "write has been blocked" in wedged[0]["STATUS"]
             quiet_from = time.monotonic() + 0.2  # one ping may have been in flight
             await asyncio.sleep(3)  # the claim under test is an absence over time
             assert notify.with_key("WATCHDOG", quiet_from) == [], "pinged while the writer was wedged"
@@ -256,18 +257,20 @@ def test_watchdog_interval_reads_the_environment(monkeypatch: pytest.MonkeyPatch
     assert watchdog_interval() is None
 
 
-def test_writer_health_needs_commit_progress_while_records_wait() -> None:
-    """Pending records with no commit for longer than stall_after count as wedged; a commit heals it."""
+def test_writer_health_is_about_being_stuck_not_failing() -> None:
+    """A write blocked past stall_after, or records waiting with no attempt, is wedged; a writer that
+    fails and retries (disk full) is not: restarting could not free the disk."""
 
     class FakeStore:
-        healthy, last_error, pending, last_commit = True, None, 0, 1.0
+        healthy, last_error, pending, write_started, last_attempt = True, None, 0, None, 1.0
 
     store, health = FakeStore(), WriterHealth(stall_after=5)
     assert health.check(store, 10.0)  # type: ignore[arg-type]
-    store.pending = 3
-    assert health.check(store, 11.0) and health.check(store, 15.0)  # type: ignore[arg-type]
-    assert not health.check(store, 16.5)  # type: ignore[arg-type]
-    store.last_commit = 16.6
+    store.write_started = 11.0
+    assert health.check(store, 15.0)  # type: ignore[arg-type]
+    assert not health.check(store, 16.5) and "blocked" in health.reason  # type: ignore[arg-type]
+    store.write_started, store.last_attempt, store.pending = None, 16.6, 3
     assert health.check(store, 16.7)  # type: ignore[arg-type]
-    store.healthy, store.last_error = False, "disk full"
-    assert not health.check(store, 16.8) and health.reason == "disk full"  # type: ignore[arg-type]
+    store.healthy, store.last_error = False, "database or disk is full"
+    assert health.check(store, 20.0) and health.failing == "database or disk is full"  # type: ignore[arg-type]
+    assert not health.check(store, 22.0) and "no database write attempted" in health.reason  # type: ignore[arg-type]
