@@ -1,8 +1,10 @@
 """``xmppmon demo``: everything on 127.0.0.1 in a temporary directory, stopped cleanly at the end.
 
 A private Prosody, the emulated Monitor API streaming every kind of event (with a few malformed
-ones and duplicates), and the agent as its own ``xmppmon run`` process, exactly as systemd would
-start it. Progress is printed every few seconds; at the end, ``xmppmon status`` and a sample query.
+ones, duplicates, and API calls failing often enough to fire alerts), the agent as its own
+``xmppmon run`` process and the sidecar as its own ``xmppmon sidecar`` process, exactly as systemd
+would start them, relaying alerts to a small webhook receiver that prints what it gets. Progress is
+printed every few seconds; at the end, ``xmppmon status``, ``xmppmon alerts`` and a sample query.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from agent import emulator
@@ -32,6 +37,28 @@ def _say(text: str) -> None:
     print(f"demo: {text}", flush=True)
 
 
+class _Receiver(BaseHTTPRequestHandler):
+    """The demo's webhook: prints each notification batch and confirms it (200)."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            messages = json.loads(body).get("messages", [])
+        except ValueError:
+            messages = []
+        for m in messages:
+            alert = m.get("alert", {})
+            _say(
+                f"webhook <- {m.get('transition')}: {alert.get('source')}/{alert.get('app')} code"
+                f" {alert.get('code')} ({alert.get('meaning')}), count {alert.get('count')}"
+            )
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+        pass
+
+
 def run_demo(args: argparse.Namespace) -> int:
     if not prosody_available():
         _say("Debian's prosody is not installed: run `make demo`, which installs it")
@@ -43,6 +70,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _say(f"starting a private Prosody in {workdir / 'prosody'}")
     server.start()
     agent: subprocess.Popen[bytes] | None = None
+    sidecar: subprocess.Popen[bytes] | None = None
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
         password = "demo-password"
         jid = server.register("agent", password)
@@ -60,6 +90,10 @@ def run_demo(args: argparse.Namespace) -> int:
         }
         _say(f"Prosody up on 127.0.0.1:{server.c2s_port}; starting the agent (xmppmon run) as {jid}")
         agent = subprocess.Popen([sys.executable, "-m", "agent", "run"], env=env)
+        webhook = f"http://127.0.0.1:{receiver.server_address[1]}/alerts"
+        _say(f"starting the sidecar (xmppmon sidecar), relaying alerts to the webhook {webhook}")
+        sidecar_env = env | {"XMPPMON_SIDECAR__SINKS": json.dumps([{"type": "webhook", "url": webhook}])}
+        sidecar = subprocess.Popen([sys.executable, "-m", "agent", "sidecar"], env=sidecar_env)
         options = emulator.EmulatorOptions(
             secret=server.component_secret, jid=server.component, port=server.component_port,
             rate=args.rate, batch=args.batch, duration=args.duration, malformed=0.01,
@@ -71,24 +105,32 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_stream_and_report(options, db))
-        _say("stopping the agent (SIGTERM)")
+        time.sleep(2)  # the sidecar polls the outbox every second
+        _say("stopping the agent and the sidecar (SIGTERM)")
         agent.send_signal(signal.SIGTERM)
+        sidecar.send_signal(signal.SIGTERM)
         code = agent.wait(30)
-        agent = None
-        _say(f"agent exited with code {code}\n")
+        sidecar_code = sidecar.wait(30)
+        agent = sidecar = None
+        _say(f"agent exited with code {code}, sidecar with code {sidecar_code}\n")
         env_db = ["--database", str(db)]
         subprocess.run([sys.executable, "-m", "agent", "status", *env_db], check=False)
+        print("\n$ xmppmon alerts", flush=True)
+        subprocess.run([sys.executable, "-m", "agent", "alerts", *env_db], check=False, env=env)
         print(f"\n$ xmppmon query '{SAMPLE_QUERY}'", flush=True)
         subprocess.run([sys.executable, "-m", "agent", "query", SAMPLE_QUERY, *env_db], check=False)
         _say(f"the database stays at {db} (sqlite3 {db})")
-        return 0 if code == 0 else 1
+        return 0 if code == 0 and sidecar_code == 0 else 1
     finally:
-        if agent is not None and agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+        for proc in (agent, sidecar):
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        receiver.shutdown()
+        receiver.server_close()
         server.stop()
         if not args.workdir:
             shutil.rmtree(workdir / "prosody", ignore_errors=True)
@@ -100,7 +142,8 @@ async def _stream_and_report(options: emulator.EmulatorOptions, db: Path) -> Non
     try:
         while not task.done():
             await asyncio.wait([task], timeout=5)
-            _progress(db)
+            if not task.done():
+                _progress(db)
         task.result()
     except asyncio.CancelledError:
         stop.set()
