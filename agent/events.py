@@ -131,9 +131,14 @@ def parse_event(attrs: dict[str, str], text: str | None, max_payload_bytes: int)
         payload = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"payload is not valid JSON: {str(exc)[:80]}") from None
-    if not isinstance(payload, dict):
+    if type(payload) is not dict:
         raise InvalidEvent(f"payload is a JSON {type(payload).__name__}, not an object")
-    _check_kind(kind, payload)
+    if kind in HISTORY_KINDS:  # the common case, inline
+        device = payload.get("device_id")
+        if type(device) is not str or not device or len(device) > MAX_FIELD:
+            _string(payload, "device_id", kind)  # raises with the precise reason
+    else:
+        _check_kind(kind, payload)
     return Event(event_id, kind, app, ts, payload, text)
 
 

@@ -109,8 +109,10 @@ class MonitorEvents(BasePlugin):  # type: ignore[misc]  # slixmpp ships no type 
                 archive_id = stanza_id.get("id")
         received_at = utc_now()
         valid: list[Event] = []
-        limit = self.max_payload_bytes
-        for element in xml.iterfind(self._tag):
+        limit, tag = self.max_payload_bytes, self._tag
+        for element in xml:  # direct children: several times cheaper than iterfind's ElementPath
+            if element.tag != tag:
+                continue
             attrs = element.attrib
             try:
                 valid.append(parse_event(attrs, element.text, limit))  # type: ignore[arg-type]
