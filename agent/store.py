@@ -14,7 +14,7 @@ import contextlib
 import os
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +187,10 @@ class Store:
         self.write_started: float | None = None
         self.last_attempt = time.monotonic()
         self.committed_events = 0
+        #: Arrival-to-commit latency of each submitted stanza, in seconds, when a benchmark asks for
+        #: it (set to a deque); None in production, where it would cost a list append per stanza.
+        self.latencies: deque[float] | None = None
+        self._arrivals: list[float] = []
         #: Called with True when the backlog passes ``high_water`` and False once it drains.
         self.backpressure: Callable[[bool], None] | None = None
         self.high_water = max(50 * settings.batch_size, 100_000)
@@ -230,6 +234,8 @@ class Store:
     def submit_events(self, events: list[Event], received_at: str) -> None:
         self._check_open()
         self._events.extend((event, received_at) for event in events)
+        if self.latencies is not None:
+            self._arrivals.append(time.perf_counter())
         self._poke()
 
     def submit_quarantine(self, item: Quarantined) -> None:
@@ -309,9 +315,12 @@ class Store:
             try:
                 self.write_started = time.monotonic()
                 await self._flush()
-            except (sqlite3.Error, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one failed batch
                 self.write_started, self.last_attempt = None, time.monotonic()
                 delay = min(max(delay * 2, 0.1), 5.0)
+                if not isinstance(exc, sqlite3.Error | OSError):
+                    # A bug, not the disk: say where, once, and keep retrying the same records.
+                    log.opt(exception=exc).critical("unexpected error in the writer")
                 self._failed(exc, delay)
                 if self._closing and delay >= 5.0:
                     return  # nothing acknowledged is lost: the server redelivers the rest
@@ -345,6 +354,7 @@ class Store:
         counters, self._counters = self._counters, Counter()
         state, self._state = self._state, {}
         marks, self._marks = self._marks, []
+        arrivals, self._arrivals = self._arrivals, []
         if not (events or quarantine or counters or state or marks or self.alerts.has_pending):
             return
         try:
@@ -356,6 +366,7 @@ class Store:
             self._counters.update(counters)
             self._state = state | self._state
             self._marks = marks + self._marks
+            self._arrivals = arrivals + self._arrivals
             self.alerts.rollback()
             with contextlib.suppress(sqlite3.Error):
                 await self._conn.rollback()
@@ -371,6 +382,9 @@ class Store:
         for mark in marks:
             if not mark.future.done():
                 mark.future.set_result(None)
+        if self.latencies is not None:
+            committed = time.perf_counter()
+            self.latencies.extend(committed - arrived for arrived in arrivals)
 
     async def _write(
         self,

@@ -182,3 +182,24 @@ def test_readonly_connection_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(sqlite3.OperationalError):
         conn.execute("CREATE TABLE t (x)")
     conn.close()
+
+
+async def test_writer_survives_an_unexpected_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug raising inside one write is logged and retried: the writer task lives on and stores the batch."""
+    store = await Store.open(StoreSettings(path=tmp_path / "m.db", flush_ms=1))
+    real_write, calls = store._write, []
+
+    async def flaky(*args: object) -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return await real_write(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "_write", flaky)
+    store.submit_events([make_event(1)], "r")
+    await asyncio.wait_for(store.barrier(), 10)
+    assert len(calls) >= 2 and store.healthy
+    await store.close()
+    conn = connect_readonly(tmp_path / "m.db")
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
+    conn.close()
