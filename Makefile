@@ -16,7 +16,8 @@ test: deps
 	$(BIN)/python -m pytest
 
 bench: deps
-	$(BIN)/python bench/run.py
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python bench/all.py
 
 deps: debs venv
 
