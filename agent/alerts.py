@@ -37,60 +37,162 @@ class Status:
 
 
 _S = Status
-CATALOGUE: Final[dict[str, Status]] = {s.code: s for s in (
-    _S("200", "success", "ok", None, "nothing to do"),
-    _S("201", "account created", "ok", None, "nothing to do"),
-    _S("207", "multi-status: read the per-item results", "ok", None, "check the failed items"),
-    _S("400", "invalid parameter or validation error", "client", "info",
-       "check the request's parameters against the API documentation", "bad-request"),
-    _S("401", "authentication error", "auth", "critical",
-       "check the AppID and the API key — not the SDK key", "not-authorized"),
-    _S("402", "billing lock: off quotas or bad billing state", "billing", "critical",
-       "check the account's billing state and quotas", "payment-required"),
-    _S("403", "app or API not enabled, bad access key, campaign state, e-mail conflict",
-       "forbidden", "critical", "enable the app/API for this key, or check the campaign state",
-       "forbidden"),
-    _S("404", "app, device, campaign or project not found, or bad query JSON", "client", "warning",
-       "check the AppID, the ids in the path and the query JSON", "item-not-found"),
-    _S("405", "wrong HTTP method or read-only segment", "client", "info",
-       "use the documented HTTP method; segments may be read-only", "not-allowed"),
-    _S("409", "name already tied to another device or campaign", "client", "info",
-       "use a unique name", "conflict"),
-    _S("413", "too many device ids (limit 1,000), entity over 2 MB, or period too large", "client",
-       "warning", "split the request: at most 1,000 ids, 2 MB, a shorter period",
-       "request-entity-too-large"),
-    _S("429", "too many requests", "rate", "warning", "slow down; honour Retry-After"),
-    _S("500", "error while processing the payload", "server", "warning",
-       "retry later; report the request-id if it persists", "internal-server-error"),
-    _S("503", "analytics not computed yet, or service unavailable", "unavailable", "warning",
-       "retry later: the data or the service is not ready", "service-unavailable"),
-    _S("504", "the server could not answer in time", "timeout", "warning",
-       "spread calls out over time", "remote-server-timeout"),
-    # Session health, seen by the agent.
-    _S("auth_failure", "the XMPP server refused the agent's password", "auth", "critical",
-       "check XMPPMON_XMPP__JID and XMPPMON_XMPP__PASSWORD"),
-    _S("ping_timeout", "the XMPP server did not answer a ping", "session", "warning",
-       "check the network path to the XMPP server"),
-    _S("disconnected", "the agent has been disconnected from the XMPP server", "disconnected",
-       "critical", "check the XMPP server and the network; see xmppmon status"),
-    _S("store_failing", "the agent cannot commit to its database (disk full, locked, I/O error)",
-       "storage", "critical",
-       "free space on the database's filesystem or release the lock; events wait on the server"),
-    # Raised by the sidecar itself.
-    _S("agent_down", "the agent's heartbeat is stale: it is down or stuck", "relay", "critical",
-       "check systemctl status xmppmon-agent and journalctl -u xmppmon-agent"),
-    _S("sink_failing", "a notification sink refuses the sidecar's credentials", "relay",
-       "critical", "check the sink's token or URL in XMPPMON_SIDECAR__SINKS"),
-    _S("dead_letter", "a sink rejected a notification for good", "relay", "warning",
-       "read the reason in the deliveries table"),
-)}
+CATALOGUE: Final[dict[str, Status]] = {
+    s.code: s
+    for s in (
+        _S("200", "success", "ok", None, "nothing to do"),
+        _S("201", "account created", "ok", None, "nothing to do"),
+        _S("207", "multi-status: read the per-item results", "ok", None, "check the failed items"),
+        _S(
+            "400",
+            "invalid parameter or validation error",
+            "client",
+            "info",
+            "check the request's parameters against the API documentation",
+            "bad-request",
+        ),
+        _S(
+            "401",
+            "authentication error",
+            "auth",
+            "critical",
+            "check the AppID and the API key — not the SDK key",
+            "not-authorized",
+        ),
+        _S(
+            "402",
+            "billing lock: off quotas or bad billing state",
+            "billing",
+            "critical",
+            "check the account's billing state and quotas",
+            "payment-required",
+        ),
+        _S(
+            "403",
+            "app or API not enabled, bad access key, campaign state, e-mail conflict",
+            "forbidden",
+            "critical",
+            "enable the app/API for this key, or check the campaign state",
+            "forbidden",
+        ),
+        _S(
+            "404",
+            "app, device, campaign or project not found, or bad query JSON",
+            "client",
+            "warning",
+            "check the AppID, the ids in the path and the query JSON",
+            "item-not-found",
+        ),
+        _S(
+            "405",
+            "wrong HTTP method or read-only segment",
+            "client",
+            "info",
+            "use the documented HTTP method; segments may be read-only",
+            "not-allowed",
+        ),
+        _S("409", "name already tied to another device or campaign", "client", "info", "use a unique name", "conflict"),
+        _S(
+            "413",
+            "too many device ids (limit 1,000), entity over 2 MB, or period too large",
+            "client",
+            "warning",
+            "split the request: at most 1,000 ids, 2 MB, a shorter period",
+            "request-entity-too-large",
+        ),
+        _S("429", "too many requests", "rate", "warning", "slow down; honour Retry-After"),
+        _S(
+            "500",
+            "error while processing the payload",
+            "server",
+            "warning",
+            "retry later; report the request-id if it persists",
+            "internal-server-error",
+        ),
+        _S(
+            "503",
+            "analytics not computed yet, or service unavailable",
+            "unavailable",
+            "warning",
+            "retry later: the data or the service is not ready",
+            "service-unavailable",
+        ),
+        _S(
+            "504",
+            "the server could not answer in time",
+            "timeout",
+            "warning",
+            "spread calls out over time",
+            "remote-server-timeout",
+        ),
+        # Session health, seen by the agent.
+        _S(
+            "auth_failure",
+            "the XMPP server refused the agent's password",
+            "auth",
+            "critical",
+            "check XMPPMON_XMPP__JID and XMPPMON_XMPP__PASSWORD",
+        ),
+        _S(
+            "ping_timeout",
+            "the XMPP server did not answer a ping",
+            "session",
+            "warning",
+            "check the network path to the XMPP server",
+        ),
+        _S(
+            "disconnected",
+            "the agent has been disconnected from the XMPP server",
+            "disconnected",
+            "critical",
+            "check the XMPP server and the network; see xmppmon status",
+        ),
+        _S(
+            "store_failing",
+            "the agent cannot commit to its database (disk full, locked, I/O error)",
+            "storage",
+            "critical",
+            "free space on the database's filesystem or release the lock; events wait on the server",
+        ),
+        # Raised by the sidecar itself.
+        _S(
+            "agent_down",
+            "the agent's heartbeat is stale: it is down or stuck",
+            "relay",
+            "critical",
+            "check systemctl status xmppmon-agent and journalctl -u xmppmon-agent",
+        ),
+        _S(
+            "sink_failing",
+            "a notification sink refuses the sidecar's credentials",
+            "relay",
+            "critical",
+            "check the sink's token or URL in XMPPMON_SIDECAR__SINKS",
+        ),
+        _S(
+            "dead_letter",
+            "a sink rejected a notification for good",
+            "relay",
+            "warning",
+            "read the reason in the deliveries table",
+        ),
+    )
+}
 #: XEP-0086: legacy numeric code of each XMPP error condition.
 CONDITION_CODES: Final = {s.condition: s.code for s in CATALOGUE.values() if s.condition}
 CONDITION_CODES.update({"conflict": "409", "not-acceptable": "406", "undefined-condition": "500"})
 
 _R = AlertRule
-DEFAULT_RULE: Final = _R(threshold=1, window_seconds=60, for_seconds=0, repeat_seconds=3600,
-                         quiet_seconds=900, resolve_hold_seconds=60, flap_seconds=600, by_class=False)
+DEFAULT_RULE: Final = _R(
+    threshold=1,
+    window_seconds=60,
+    for_seconds=0,
+    repeat_seconds=3600,
+    quiet_seconds=900,
+    resolve_hold_seconds=60,
+    flap_seconds=600,
+    by_class=False,
+)
 DEFAULT_RULES: Final[dict[str, AlertRule]] = {
     "auth": _R(threshold=1),
     "billing": _R(threshold=1),
@@ -130,9 +232,7 @@ def effective_rules(settings: AlertSettings) -> dict[str, AlertRule]:
             if layer is not None:
                 merged.update(layer.model_dump(exclude_none=True))
         if cls == "disconnected":
-            merged["for_seconds"] = settings.rules.get(cls, _R()).for_seconds or (
-                settings.disconnected_after_seconds
-            )
+            merged["for_seconds"] = settings.rules.get(cls, _R()).for_seconds or (settings.disconnected_after_seconds)
         rules[cls] = AlertRule(**merged)
     return rules
 
@@ -186,12 +286,14 @@ class _Alert:
 
 
 _COLUMNS: Final = tuple(f.name for f in fields(_Alert) if f.name != "id")
-_TIMES: Final = frozenset({"first_seen", "last_seen", "window_start", "fired_at", "notified_at",
-                           "resolved_at"})
+_TIMES: Final = frozenset({"first_seen", "last_seen", "window_start", "fired_at", "notified_at", "resolved_at"})
 _SELECT: Final = "SELECT id, " + ", ".join(c.replace("cls", "class") for c in _COLUMNS) + " FROM alerts"
 _INSERT: Final = (
-    "INSERT INTO alerts (" + ", ".join(c.replace("cls", "class") for c in _COLUMNS) + ") VALUES ("
-    + ", ".join("?" * len(_COLUMNS)) + ") RETURNING id"
+    "INSERT INTO alerts ("
+    + ", ".join(c.replace("cls", "class") for c in _COLUMNS)
+    + ") VALUES ("
+    + ", ".join("?" * len(_COLUMNS))
+    + ") RETURNING id"
 )
 _UPDATE: Final = (
     "UPDATE alerts SET " + ", ".join(f"{c} = ?" for c in _COLUMNS if c not in ("source", "app",
@@ -322,8 +424,10 @@ class AlertEngine:
             rows = await conn.execute_fetchall(
                 f"{_SELECT} WHERE source = ? AND app = ? AND code = ? AND api = ?", identity
             )
-            alert = _from_row(rows[0]) if rows else _Alert(
-                None, source, app, code, api, entry.cls, rule.severity or entry.severity or "info"
+            alert = (
+                _from_row(rows[0])
+                if rows
+                else _Alert(None, source, app, code, api, entry.cls, rule.severity or entry.severity or "info")
             )
         self._active[identity] = alert
         if alert.state in ("inactive", "resolved"):
@@ -344,9 +448,7 @@ class AlertEngine:
 
     def _check(self, alert: _Alert, rule: AlertRule, now: float, dirty: dict[Identity, _Alert]) -> None:
         if alert.state == "pending":
-            if alert.window_count >= (rule.threshold or 1) and now - alert.first_seen >= (
-                rule.for_seconds or 0
-            ):
+            if alert.window_count >= (rule.threshold or 1) and now - alert.first_seen >= (rule.for_seconds or 0):
                 alert.state, alert.fired_at = "firing", now
                 self._notify(alert, "firing", now, dirty)
         elif alert.state == "firing" and now - (alert.notified_at or 0) >= (rule.repeat_seconds or 0):
@@ -382,8 +484,10 @@ class AlertEngine:
             rule = self.rules.get(alert.cls) or self.rules["server"]
             if alert.state == "firing" and rule.quiet_seconds and now - alert.last_seen >= rule.quiet_seconds:
                 self._end(identity, alert, "quiet", now, dirty)
-            elif alert.state == "pending" and not rule.for_seconds and (
-                now - alert.window_start > (rule.window_seconds or 0)
+            elif (
+                alert.state == "pending"
+                and not rule.for_seconds
+                and (now - alert.window_start > (rule.window_seconds or 0))
             ):
                 self._end(identity, alert, "expired", now, dirty)
             else:

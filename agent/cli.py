@@ -54,8 +54,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_emulate(args: argparse.Namespace) -> int:
     """Run the Monitor API emulator (an XEP-0114 component) until done or Ctrl-C."""
     from agent import emulator
-    from agent.logs import setup_logging
     from agent.config import LogSettings
+    from agent.logs import setup_logging
 
     setup_logging(LogSettings(level=args.log_level))
     options = emulator.options_from_args(args)
@@ -84,19 +84,16 @@ def read_status(path: Path) -> dict[str, Any]:
         counters = {row["name"]: row["value"] for row in conn.execute("SELECT name, value FROM counters")}
         since = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - 60))
         last_minute = conn.execute(
-            "SELECT (SELECT count(*) FROM events WHERE ts >= ?1)"
-            " + (SELECT count(*) FROM api_calls WHERE ts >= ?1)",
+            "SELECT (SELECT count(*) FROM events WHERE ts >= ?1) + (SELECT count(*) FROM api_calls WHERE ts >= ?1)",
             (since,),
         ).fetchone()[0]
         totals = {
-            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608
+            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             for table in ("events", "api_calls", "devices", "tags", "tokens", "push_feedback", "quarantine")
         }
         reasons = {
             row[0]: row[1]
-            for row in conn.execute(
-                "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC LIMIT 10"
-            )
+            for row in conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC LIMIT 10")
         }
         backlog, firing = _sidecar_backlog(conn)
     finally:
@@ -265,11 +262,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
     table = "api_calls" if args.api else "events"
     columns = "id, ts, app, api || ' ' || status AS kind, event_id" if args.api else "id, ts, app, kind, event_id"
     try:
-        last = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0] - args.lines  # noqa: S608
+        last = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0] - args.lines
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
             rows = conn.execute(
-                f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id LIMIT 1000",  # noqa: S608
+                f"SELECT {columns} FROM {table} WHERE id > ? ORDER BY id LIMIT 1000",
                 (last,),
             ).fetchall()
             for row in rows:
@@ -291,13 +288,11 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     """List firing, pending and recently resolved alerts (--all: every alert)."""
     conn = connect_readonly(_settings(args).store.path)
     since = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(time.time() - args.recent * 3600))
-    where = "" if args.all else (
-        "WHERE state IN ('firing', 'pending') OR (state = 'resolved' AND resolved_at >= ?)"
-    )
+    where = "" if args.all else ("WHERE state IN ('firing', 'pending') OR (state = 'resolved' AND resolved_at >= ?)")
     try:
         cursor = conn.execute(
             "SELECT id, state, severity, source, app, code, api, count, first_seen, last_seen,"
-            f" resolved_at, detail FROM alerts {where}"  # noqa: S608
+            f" resolved_at, detail FROM alerts {where}"
             " ORDER BY state = 'firing' DESC, last_seen DESC",
             () if args.all else (since,),
         )
@@ -349,7 +344,9 @@ def cmd_export(args: argparse.Namespace) -> int:
                 print(orjson.dumps(dict(vars(job), state=job.describe())).decode())
             return 0
         columns = ["id", "type", "data", "from_ts", "to_ts", "state", "rows", "bytes", "error", "manifest"]
-        _print_rows(columns, [tuple(getattr(j, c) if c != "state" else j.describe() for c in columns) for j in jobs], "table")
+        _print_rows(
+            columns, [tuple(getattr(j, c) if c != "state" else j.describe() for c in columns) for j in jobs], "table"
+        )
         return 0
     if args.action == "run":  # what --background starts
         export.run_job(db, _job_id(args), busy)
@@ -370,7 +367,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         command = [sys.executable, "-m", "agent", "export", "run", str(job_id), "--database", str(db)]
         if args.config:
             command[3:3] = ["--config", args.config]
-        subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL,  # noqa: S603
+        subprocess.Popen(command, start_new_session=True, stdin=subprocess.DEVNULL,
                          stdout=subprocess.DEVNULL)  # fmt: skip
         print(f"running in the background: xmppmon export status {job_id}")
         return 0
@@ -432,7 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--json", action="store_true", help="machine-readable output")
         elif name == "query":
-            p.add_argument("sql", nargs="?", help='one SQL statement, e.g. "SELECT kind, count(*) FROM events GROUP BY kind"')
+            p.add_argument(
+                "sql", nargs="?", help='one SQL statement, e.g. "SELECT kind, count(*) FROM events GROUP BY kind"'
+            )
             p.add_argument("--view", choices=sorted(VIEWS), help="a documented view instead of SQL")
             p.add_argument("--format", choices=("table", "csv", "json"), default="table")
             p.add_argument("--csv", dest="format", action="store_const", const="csv")

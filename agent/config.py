@@ -158,7 +158,9 @@ class AlertRule(_Section):
     for_seconds: float | None = Field(default=None, ge=0, description="and pending this long")
     repeat_seconds: float | None = Field(default=None, gt=0, description="re-notify while firing")
     quiet_seconds: float | None = Field(default=None, ge=0, description="resolve after silence; 0: never")
-    resolve_hold_seconds: float | None = Field(default=None, ge=0, description="success must follow the last problem by this much")
+    resolve_hold_seconds: float | None = Field(
+        default=None, ge=0, description="success must follow the last problem by this much"
+    )
     flap_seconds: float | None = Field(default=None, ge=0, description="re-firing sooner than this counts as a flap")
     severity: Literal["info", "warning", "critical"] | None = None
     by_class: bool | None = Field(default=None, description="identity uses the class, not the code")

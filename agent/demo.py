@@ -55,7 +55,7 @@ class _Receiver(BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
@@ -166,7 +166,7 @@ def _progress(db: Path) -> None:
             ).fetchone()
         finally:
             conn.close()
-    except Exception as exc:  # noqa: BLE001 - progress is best effort while the agent starts
+    except Exception as exc:
         _say(f"database not ready yet ({exc})")
         return
     _say(

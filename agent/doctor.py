@@ -69,7 +69,9 @@ def check_database(settings: Settings) -> Iterator[Check]:
         elif version < SCHEMA_VERSION:
             yield Check("schema", "warn", f"version {version}; the agent migrates it to {SCHEMA_VERSION} on start")
         else:
-            yield Check("schema", "FAIL", f"version {version} is newer than this xmppmon ({SCHEMA_VERSION}): upgrade xmppmon")
+            yield Check(
+                "schema", "FAIL", f"version {version} is newer than this xmppmon ({SCHEMA_VERSION}): upgrade xmppmon"
+            )
     except sqlite3.Error as exc:
         yield Check("database", "FAIL", f"{path} cannot be read: {exc}")
     finally:
@@ -111,7 +113,11 @@ def check_dns(settings: Settings) -> Check:
 
 def run_checks(config_file: str | None, database: str | None = None) -> list[Check]:
     """Every check, in order; stops after the configuration if it cannot be loaded."""
-    path = Path(config_file) if config_file else (Path(os.environ["XMPPMON_CONFIG"]) if os.environ.get("XMPPMON_CONFIG") else None)
+    path = (
+        Path(config_file)
+        if config_file
+        else (Path(os.environ["XMPPMON_CONFIG"]) if os.environ.get("XMPPMON_CONFIG") else None)
+    )
     try:
         settings = load_settings(config_file)
     except XmppmonError as exc:

@@ -131,9 +131,7 @@ def xml_attr(value: str) -> str:
 def utc_ts(now: float) -> str:
     """RFC 3339 UTC with milliseconds and 'Z', e.g. 2026-11-22T10:00:00.123Z."""
     seconds = int(now)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (
-        f".{int((now - seconds) * 1000):03d}Z"
-    )
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + (f".{int((now - seconds) * 1000):03d}Z")
 
 
 def event_xml(ns: str, attrs: dict[str, str], text: str) -> str:
@@ -157,8 +155,7 @@ def iq_reply_xml(iq_id: str, sender: str, to: str, code: int = OK) -> str:
         return head + " type='result'/>"
     condition, error_type = CONDITIONS[code]
     return (
-        f"{head} type='error'><error type='{error_type}' code='{code}'>"
-        f"<{condition} xmlns='{STANZAS_NS}'/></error></iq>"
+        f"{head} type='error'><error type='{error_type}' code='{code}'><{condition} xmlns='{STANZAS_NS}'/></error></iq>"
     )
 
 
@@ -532,9 +529,7 @@ class _Streamer:
         """Write one stanza per recipient, then its valid events to the log (in send order)."""
         for jid in jids:
             self.msg_n += 1
-            self.xmpp.send_raw(
-                message_xml(self.options.jid, jid, f"{self.tag}-{self.msg_n}", (events,))
-            )
+            self.xmpp.send_raw(message_xml(self.options.jid, jid, f"{self.tag}-{self.msg_n}", (events,)))
         self.report.stanzas_sent += len(jids)
         if self.log is not None:
             self.log.writelines(lines)
@@ -624,7 +619,7 @@ async def _connect(xmpp: MonitorComponent, options: EmulatorOptions) -> None:
     while True:
         outcome: asyncio.Future[str] = loop.create_future()
 
-        def settle(reason: str) -> Callable[[Any], None]:
+        def settle(reason: str, outcome: asyncio.Future[str] = outcome) -> Callable[[Any], None]:
             def handler(data: Any) -> None:
                 if not outcome.done():
                     if reason == "stream_error":
@@ -634,7 +629,7 @@ async def _connect(xmpp: MonitorComponent, options: EmulatorOptions) -> None:
                                 return
                     outcome.set_result(reason)
 
-            return handler
+            return handler  # noqa: B023 - removed before the next iteration rebinds it
 
         handlers = {e: settle(e) for e in ("session_start", "connection_failed", "stream_error", "disconnected")}
         for event, handler in handlers.items():
@@ -758,8 +753,7 @@ def _kinds(text: str) -> tuple[str, ...]:
     unknown = set(kinds) - set(KINDS)
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(
-            f"unknown kind(s) {', '.join(sorted(unknown)) or '(none given)'}; "
-            f"known: {', '.join(KINDS)}"
+            f"unknown kind(s) {', '.join(sorted(unknown)) or '(none given)'}; known: {', '.join(KINDS)}"
         )
     return kinds
 
@@ -852,9 +846,7 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
     """Build the options from parsed arguments; a missing secret is a ConfigError."""
     secret = args.secret or os.environ.get("XMPPMON_EMULATOR_SECRET", "")
     if not secret:
-        raise ConfigError(
-            "The emulator needs the component secret: set XMPPMON_EMULATOR_SECRET or pass --secret."
-        )
+        raise ConfigError("The emulator needs the component secret: set XMPPMON_EMULATOR_SECRET or pass --secret.")
     return EmulatorOptions(
         secret=secret,
         jid=args.jid,

@@ -16,6 +16,7 @@ milliseconds, so the two only ever wait for each other briefly; the agent never 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
@@ -116,7 +117,7 @@ def _update(db: Path, busy_timeout_ms: int, job_id: int, **fields: Any) -> None:
     conn = _writer(db, busy_timeout_ms)
     try:
         names = ", ".join(f"{name} = ?" for name in fields)
-        conn.execute(f"UPDATE export_jobs SET {names} WHERE id = ?", (*fields.values(), job_id))  # noqa: S608
+        conn.execute(f"UPDATE export_jobs SET {names} WHERE id = ?", (*fields.values(), job_id))
     finally:
         conn.close()
 
@@ -169,7 +170,7 @@ def list_jobs(db: Path, job_id: int | None = None) -> list[Job]:
     conn = connect_readonly(db)
     try:
         where, params = ("WHERE id = ?", (job_id,)) if job_id is not None else ("", ())
-        rows = conn.execute(f"SELECT * FROM export_jobs {where} ORDER BY id", params).fetchall()  # noqa: S608
+        rows = conn.execute(f"SELECT * FROM export_jobs {where} ORDER BY id", params).fetchall()
     except sqlite3.OperationalError as exc:
         raise ExportError(f"cannot read export jobs from {db}: {exc}") from None
     finally:
@@ -210,7 +211,7 @@ class _Output:
     def __init__(self, final: Path, fmt: str) -> None:
         self.final, self.format = final, fmt
         self.tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        self._raw = open(self.tmp, "xb")  # noqa: SIM115 - closed in finish() or discard()
+        self._raw = open(self.tmp, "xb")  # noqa: SIM115 - closed by finish() or discard()
         self._hashing = _HashingFile(self._raw)
         self.gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._hashing, mtime=0, compresslevel=6)
 
@@ -224,10 +225,8 @@ class _Output:
 
     def discard(self) -> None:
         for closer in (self.gz.close, self._raw.close):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 closer()
-            except (OSError, ValueError):
-                pass
         self.tmp.unlink(missing_ok=True)
 
 
@@ -242,9 +241,11 @@ def _query(job: Job) -> tuple[str, tuple[Any, ...], tuple[str, ...], frozenset[s
             (job.from_ts, job.to_ts, job.data), _EVENT_COLUMNS, frozenset({"payload"}))  # fmt: skip
 
 
-def _rows(conn: sqlite3.Connection, job: Job) -> tuple[tuple[str, ...], frozenset[str], Iterator[list[tuple[Any, ...]]]]:
+def _rows(
+    conn: sqlite3.Connection, job: Job
+) -> tuple[tuple[str, ...], frozenset[str], Iterator[list[tuple[Any, ...]]]]:
     tail, params, columns, json_columns = _query(job)
-    cursor = conn.execute(f"SELECT {', '.join(columns)} {tail}", params)  # noqa: S608
+    cursor = conn.execute(f"SELECT {', '.join(columns)} {tail}", params)
 
     def chunks() -> Iterator[list[tuple[Any, ...]]]:
         while rows := cursor.fetchmany(CHUNK):
@@ -278,7 +279,7 @@ def count_rows(db: Path, job: Job) -> int:
     tail, params, _, _ = _query(job)
     conn = connect_readonly(db)
     try:
-        return int(conn.execute(f"SELECT count(*) {tail.split(' ORDER BY')[0]}", params).fetchone()[0])  # noqa: S608
+        return int(conn.execute(f"SELECT count(*) {tail.split(' ORDER BY')[0]}", params).fetchone()[0])
     finally:
         conn.close()
 

@@ -70,7 +70,7 @@ def load_plugins(xmpp: BaseXMPP, settings: Settings, store: Store) -> list[str]:
             register_plugin(cls, name=name)
             config = {k: v for k, v in common.items() if k in cls.default_config}
             xmpp.register_plugin(name, config)
-        except Exception as exc:  # noqa: BLE001 - a broken third-party plugin must not stop the agent
+        except Exception as exc:
             log.error("plugin {} ({}) failed to load: {}; skipped", name, target, exc)
             continue
         log.info("plugin {} loaded ({})", name, version)

@@ -90,9 +90,7 @@ class MonitorSession:
         self.settings = settings
         self.store = store
         self.client = MonitorClient(settings)
-        self.backoff = Backoff(
-            settings.reconnect.initial, settings.reconnect.maximum, settings.reconnect.stable_after
-        )
+        self.backoff = Backoff(settings.reconnect.initial, settings.reconnect.maximum, settings.reconnect.stable_after)
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.last_rtt: float | None = None
@@ -253,9 +251,7 @@ class MonitorSession:
             return result == "resumed"
         self._abort()
         if result == "auth":
-            raise AuthenticationError(
-                f"the server refused the password for {xmpp.jid}: check XMPPMON_XMPP__PASSWORD"
-            )
+            raise AuthenticationError(f"the server refused the password for {xmpp.jid}: check XMPPMON_XMPP__PASSWORD")
         if result == "tls":
             raise SessionError(
                 f"the certificate of {host} could not be verified for {client.boundjid.domain}:"
@@ -446,7 +442,7 @@ class MonitorSession:
         handled = sm.handled
         try:
             await asyncio.wait_for(self.store.barrier(sm.sm_id, handled), 10)
-        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - shutting down: report, go on
+        except (TimeoutError, Exception) as exc:
             log.error("could not commit before shutdown ({}): not acknowledging", exc)
             client.abort()
             return

@@ -31,10 +31,7 @@ from agent.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logger.bind(component="store")
 
-_INSERT_EVENT = (
-    "INSERT OR IGNORE INTO events (event_id, app, kind, ts, payload, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
+_INSERT_EVENT = "INSERT OR IGNORE INTO events (event_id, app, kind, ts, payload, received_at) VALUES (?, ?, ?, ?, ?, ?)"
 _INSERT_API = (
     "INSERT OR IGNORE INTO api_calls (event_id, app, ts, api, method, path, status, request_id,"
     " latency_ms, detail, payload, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -58,12 +55,10 @@ _UPSERT = {
     "push": _upsert("push_feedback", ("app", "device_id", "campaign_id"), ("action",)),
 }
 _INSERT_QUARANTINE = (
-    "INSERT INTO quarantine (reason, raw, sender, event_id, app, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT INTO quarantine (reason, raw, sender, event_id, app, received_at) VALUES (?, ?, ?, ?, ?, ?)"
 )
 _BUMP_COUNTER = (
-    "INSERT INTO counters (name, value) VALUES (?, ?)"
-    " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
+    "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
 _SET_STATE = (
     "INSERT INTO agent_state (key, value, updated_at) VALUES (?, ?, ?)"
@@ -124,14 +119,20 @@ async def migrate(conn: aiosqlite.Connection) -> int:
     current = int(row[0]) if row else 0
     if current > SCHEMA_VERSION:
         raise StoreError(
-            f"database schema version {current} is newer than this xmppmon ({SCHEMA_VERSION}):"
-            " upgrade xmppmon"
+            f"database schema version {current} is newer than this xmppmon ({SCHEMA_VERSION}): upgrade xmppmon"
         )
     for version, name, script in MIGRATIONS:
         if version <= current:
             continue
         await conn.execute("BEGIN IMMEDIATE")
         try:
+            # Read again under the write lock: the agent and the sidecar may start together on a
+            # new database, and only one of them must apply each migration.
+            async with conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations") as cursor:
+                row = await cursor.fetchone()
+            if row and int(row[0]) >= version:
+                await conn.commit()
+                continue
             for statement in _statements(script):
                 await conn.execute(statement)
             await conn.execute(
@@ -144,6 +145,33 @@ async def migrate(conn: aiosqlite.Connection) -> int:
             raise
         log.info("applied migration {} ({})", version, name)
     return SCHEMA_VERSION
+
+
+async def open_writer(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+    """A writing connection, private file mode, WAL, synchronous=NORMAL, busy_timeout, migrated.
+
+    The agent's store and the sidecar's outbox each open one; StoreError says what went wrong.
+    """
+    try:
+        create_private_file(path)
+        conn = await aiosqlite.connect(path, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from None
+    try:
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
+            mode = await cursor.fetchone()
+        if not mode or mode[0].lower() != "wal":
+            raise StoreError(f"database {path} cannot use WAL mode (got {mode})")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+        await migrate(conn)
+    except sqlite3.Error as exc:
+        await conn.close()
+        raise StoreError(f"cannot prepare database {path}: {exc}") from None
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
 
 
 def _statements(script: str) -> Iterable[str]:
@@ -200,25 +228,7 @@ class Store:
     async def open(cls, settings: StoreSettings, alerts: AlertSettings | None = None) -> Store:
         """Open (creating if needed) and migrate the database, and start the writer task."""
         path = settings.path
-        try:
-            create_private_file(path)
-            conn = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open database {path}: {exc}") from None
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(settings.busy_timeout_ms)}")
-            async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
-                mode = await cursor.fetchone()
-            if not mode or mode[0].lower() != "wal":
-                raise StoreError(f"database {path} cannot use WAL mode (got {mode})")
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await migrate(conn)
-        except sqlite3.Error as exc:
-            await conn.close()
-            raise StoreError(f"cannot prepare database {path}: {exc}") from None
-        except BaseException:
-            await conn.close()
-            raise
+        conn = await open_writer(path, settings.busy_timeout_ms)
         store = cls(settings, conn, alerts)
         store._task = asyncio.create_task(store._run(), name="xmppmon-store-writer")
         log.info("database {} open (schema version {})", path, SCHEMA_VERSION)
@@ -255,7 +265,13 @@ class Store:
         self._wake.set()
 
     def observe(
-        self, source: str, code: str, *, app: str = "", api: str = "", ok: bool = False,
+        self,
+        source: str,
+        code: str,
+        *,
+        app: str = "",
+        api: str = "",
+        ok: bool = False,
         detail: str | None = None,
     ) -> None:
         """Record a session-health observation for the alert rules; written with the next commit.
@@ -315,7 +331,7 @@ class Store:
             try:
                 self.write_started = time.monotonic()
                 await self._flush()
-            except Exception as exc:  # noqa: BLE001 - the writer must outlive any one failed batch
+            except Exception as exc:
                 self.write_started, self.last_attempt = None, time.monotonic()
                 delay = min(max(delay * 2, 0.1), 5.0)
                 if not isinstance(exc, sqlite3.Error | OSError):
@@ -334,8 +350,7 @@ class Store:
 
     def _has_work(self) -> bool:
         return bool(
-            self._events or self._quarantine or self._counters or self._state or self._marks
-            or self.alerts.has_pending
+            self._events or self._quarantine or self._counters or self._state or self._marks or self.alerts.has_pending
         )
 
     def _failed(self, exc: BaseException, delay: float) -> None:

@@ -8,17 +8,17 @@ created one by one while the sidecar runs: latency without a backlog).
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
-import statistics
+import logging
 import sqlite3
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 from loguru import logger
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
+from werkzeug import Response
 
 from agent.alerts import epoch
 from agent.config import AlertSettings, Settings, StoreSettings
@@ -29,15 +29,20 @@ from agent.store import Store
 
 
 def event(i: int):
-    return parse_event({"id": f"e{i}", "kind": "api", "app": f"app{i}", "ts": "2026-11-22T10:00:00.000Z"},
-                       '{"api":"reach","status":401}', 65536)
+    return parse_event(
+        {"id": f"e{i}", "kind": "api", "app": f"app{i}", "ts": "2026-11-22T10:00:00.000Z"},
+        '{"api":"reach","status":401}',
+        65536,
+    )
 
 
 def latencies(path: Path, since_id: int) -> list[float]:
     conn = sqlite3.connect(path)
     rows = conn.execute(
         "SELECT n.created_at, d.finished_at FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
-        " WHERE d.status = 'delivered' AND n.id > ?", (since_id,)).fetchall()
+        " WHERE d.status = 'delivered' AND n.id > ?",
+        (since_id,),
+    ).fetchall()
     conn.close()
     return sorted((epoch(done) - epoch(made)) * 1000 for made, done in rows)
 
@@ -52,8 +57,10 @@ def delivered(path: Path) -> int:
 def report(name: str, lat: list[float], seconds: float | None = None) -> None:
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]  # noqa: E731
     rate = f", {len(lat) / seconds:,.0f} notifications/s" if seconds else ""
-    print(f"{name}: {len(lat)} delivered{rate}; creation-to-delivery p50 {p(0.5):.1f} ms,"
-          f" p99 {p(0.99):.1f} ms, mean {statistics.mean(lat):.1f} ms")
+    print(
+        f"{name}: {len(lat)} delivered{rate}; creation-to-delivery p50 {p(0.5):.1f} ms,"
+        f" p99 {p(0.99):.1f} ms, mean {statistics.mean(lat):.1f} ms"
+    )
 
 
 async def main(count: int, batch: int, trickle: int) -> None:
@@ -65,9 +72,14 @@ async def main(count: int, batch: int, trickle: int) -> None:
         store = await Store.open(StoreSettings(path=path, flush_ms=1), AlertSettings())
         store.submit_events([event(i) for i in range(count)], "r")
         await store.barrier()
-        settings = Settings(store=StoreSettings(path=path), sidecar={
-            "sinks": [{"type": "webhook", "url": http.url_for("/alerts"), "max_batch": batch}],
-            "poll_seconds": 0.005, "agent_down_after": 3600})
+        settings = Settings(
+            store=StoreSettings(path=path),
+            sidecar={
+                "sinks": [{"type": "webhook", "url": http.url_for("/alerts"), "max_batch": batch}],
+                "poll_seconds": 0.005,
+                "agent_down_after": 3600,
+            },
+        )
         outbox = await Outbox.open(path, settings.alerts)
         sidecar = Sidecar(settings, outbox)
         stop = asyncio.Event()

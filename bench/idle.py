@@ -66,7 +66,9 @@ def main() -> None:
                 for line in Path(f"/proc/{agent.pid}/status").read_text().splitlines()
                 if line.startswith("VmRSS:")
             )
-            print(f"idle agent: {used:.2f} CPU s over {elapsed:.0f} s ({100 * used / elapsed:.3f} % of a core), RSS {rss:.1f} MB")
+            print(
+                f"idle agent: {used:.2f} CPU s over {elapsed:.0f} s ({100 * used / elapsed:.3f} % of a core), RSS {rss:.1f} MB"
+            )
         finally:
             if agent is not None:
                 agent.send_signal(signal.SIGTERM)

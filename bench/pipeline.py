@@ -163,7 +163,9 @@ async def main() -> None:
     print(f"{'SQLite-only ceiling (store)':<34} {args.events:>8} {ceiling:>10,.0f} {1:>18.2f} {ceiling / naive:>9.1f}")
     for name, total, rate in rows:
         print(f"{name:<34} {total:>8} {rate:>10,.0f} {rate / ceiling:>18.2f} {rate / naive:>9.1f}")
-    print(f"{'naive script, 50 events/stanza':<34} {args.naive_events:>8} {naive:>10,.0f} {naive / ceiling:>18.2f} {1:>9.1f}")
+    print(
+        f"{'naive script, 50 events/stanza':<34} {args.naive_events:>8} {naive:>10,.0f} {naive / ceiling:>18.2f} {1:>9.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,9 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from loguru import logger  # noqa: E402
-
 import pipeline  # noqa: E402
+from loguru import logger  # noqa: E402
 
 BATCHES = (1, 2, 5, 10, 20, 50, 100)
 

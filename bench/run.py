@@ -62,7 +62,9 @@ def bare(server: ProsodyServer, jid: str, password: str, count: int, batch: int)
     return count / elapsed
 
 
-def agent_run(server: ProsodyServer, workdir: Path, jid: str, password: str, count: int, batch: int) -> dict[str, float]:
+def agent_run(
+    server: ProsodyServer, workdir: Path, jid: str, password: str, count: int, batch: int
+) -> dict[str, float]:
     db = workdir / f"agent-{batch}.db"
     env = os.environ | {
         "XMPPMON_XMPP__JID": jid, "XMPPMON_XMPP__PASSWORD": password,

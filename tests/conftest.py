@@ -25,8 +25,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Fail loudly (never skip) when the real server the integration tests need is missing."""
     if any(item.get_closest_marker("prosody") for item in items) and not prosody_available():
         raise pytest.UsageError(
-            "Debian's prosody is not installed: run the README's test command (make test),"
-            " which installs it"
+            "Debian's prosody is not installed: run the README's test command (make test), which installs it"
         )
 
 
@@ -123,7 +122,7 @@ def db_value(db: Path, sql: str, *params: Any) -> Any:
     conn = connect_readonly(db)
     try:
         row = conn.execute(sql, params).fetchone()
-    except Exception:  # noqa: BLE001 - tables appear only after the first migration
+    except Exception:
         return None
     finally:
         conn.close()

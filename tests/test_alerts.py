@@ -84,7 +84,7 @@ async def test_redelivered_api_events_are_not_counted_twice(tmp_path: Path) -> N
     batch = [api_event(n, 504) for n in range(5)]
     store.submit_events(batch, "r")
     await store.barrier()
-    store.submit_events(batch + [api_event(9, 504)], "r")
+    store.submit_events([*batch, api_event(9, 504)], "r")
     await store.barrier()
     await store.close()
     path = tmp_path / "m.db"
@@ -94,8 +94,9 @@ async def test_redelivered_api_events_are_not_counted_twice(tmp_path: Path) -> N
 
 async def test_engine_repeats_resolves_when_quiet_and_counts_flaps(tmp_path: Path) -> None:
     """While firing it repeats after repeat_seconds, resolves after quiet_seconds, and re-firing soon is a flap."""
-    settings = AlertSettings(rules={"timeout": AlertRule(threshold=1, repeat_seconds=100, quiet_seconds=300)},
-                             sweep_seconds=1)
+    settings = AlertSettings(
+        rules={"timeout": AlertRule(threshold=1, repeat_seconds=100, quiet_seconds=300)}, sweep_seconds=1
+    )
     engine = AlertEngine(settings, frozenset({"api"}))
     async with aiosqlite.connect(tmp_path / "e.db", isolation_level=None) as conn:
         await migrate(conn)
@@ -112,8 +113,9 @@ async def test_engine_repeats_resolves_when_quiet_and_counts_flaps(tmp_path: Pat
 
 async def test_session_health_observations(tmp_path: Path) -> None:
     """Disconnection fires only after disconnected_after_seconds; reconnecting resolves; refusals fire per app."""
-    engine = AlertEngine(AlertSettings(disconnected_after_seconds=60, sweep_seconds=1),
-                         frozenset({"session", "subscription"}))
+    engine = AlertEngine(
+        AlertSettings(disconnected_after_seconds=60, sweep_seconds=1), frozenset({"session", "subscription"})
+    )
     async with aiosqlite.connect(tmp_path / "e.db", isolation_level=None) as conn:
         await migrate(conn)
         t = 2_000_000.0
@@ -127,14 +129,30 @@ async def test_session_health_observations(tmp_path: Path) -> None:
         engine.observe(Observation("session", "up", ok=True))
         await engine.write(conn, now=t + 90)
         notes = await conn.execute_fetchall(
-            "SELECT a.code, n.transition FROM notifications n JOIN alerts a ON a.id = n.alert_id ORDER BY n.id")
+            "SELECT a.code, n.transition FROM notifications n JOIN alerts a ON a.id = n.alert_id ORDER BY n.id"
+        )
     assert notes == [("401", "firing"), ("disconnected", "firing"), ("disconnected", "resolved")]
 
 
 def test_catalogue_covers_design_codes_and_conditions() -> None:
     """Every status of DESIGN §4 is in the catalogue with a class, and XEP-0086 conditions map to codes."""
-    for code in ("200", "201", "207", "400", "401", "402", "403", "404", "405", "409", "413", "429",
-                 "500", "503", "504"):
+    for code in (
+        "200",
+        "201",
+        "207",
+        "400",
+        "401",
+        "402",
+        "403",
+        "404",
+        "405",
+        "409",
+        "413",
+        "429",
+        "500",
+        "503",
+        "504",
+    ):
         assert CATALOGUE[code].advice
     assert "SDK key" in CATALOGUE["401"].advice
     assert CONDITION_CODES["payment-required"] == "402"
@@ -153,7 +171,9 @@ async def test_cli_alerts_lists_firing_and_all(tmp_path: Path) -> None:
     out = subprocess.run(run, capture_output=True, text=True, check=True, timeout=30).stdout
     listed = [json.loads(line) for line in out.splitlines()]
     assert [(a["app"], a["code"], a["state"]) for a in listed] == [
-        ("billing-app", "402", "firing"), ("demo", "401", "resolved")]
+        ("billing-app", "402", "firing"),
+        ("demo", "401", "resolved"),
+    ]
     out = subprocess.run([*run, "--all"], capture_output=True, text=True, check=True, timeout=30).stdout
     assert len(out.splitlines()) == 2
 

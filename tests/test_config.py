@@ -111,7 +111,7 @@ def test_missing_or_broken_toml_file(tmp_path: Path) -> None:
         load_settings(tmp_path / "none.toml")
     bad = tmp_path / "bad.toml"
     bad.write_text("[xmpp\n")
-    with pytest.raises(ConfigError, match="bad.toml"):
+    with pytest.raises(ConfigError, match=r"bad\.toml"):
         load_settings(bad)
 
 

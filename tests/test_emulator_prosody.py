@@ -48,9 +48,7 @@ class Receiver:
 
     async def start(self) -> None:
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.client.add_event_handler(
-            "session_start", lambda _: started.done() or started.set_result(None)
-        )
+        self.client.add_event_handler("session_start", lambda _: started.done() or started.set_result(None))
         self.client.connect("127.0.0.1", self.server.c2s_port)
         await asyncio.wait_for(started, 15)
         self.client.send_presence()
@@ -95,9 +93,7 @@ async def test_streamed_events_match_the_event_log(prosody: ProsodyServer, tmp_p
     assert len(set(client.ids)) == 200
 
 
-async def test_malformed_and_duplicates_reach_the_client(
-    prosody: ProsodyServer, tmp_path: Path
-) -> None:
+async def test_malformed_and_duplicates_reach_the_client(prosody: ProsodyServer, tmp_path: Path) -> None:
     """Malformed events and duplicates travel in the same stanzas; the log lists valid ones once."""
     log = tmp_path / "sent.log"
     async with receiver(prosody) as client:
@@ -117,9 +113,7 @@ async def test_malformed_and_duplicates_reach_the_client(
     assert len(client.ids) == total
 
 
-async def test_subscribe_opens_and_unsubscribe_closes_the_stream(
-    prosody: ProsodyServer, tmp_path: Path
-) -> None:
+async def test_subscribe_opens_and_unsubscribe_closes_the_stream(prosody: ProsodyServer, tmp_path: Path) -> None:
     """A subscribe with the right key streams to the bare JID until an unsubscribe stops it."""
     log = tmp_path / "sent.log"
     stop = asyncio.Event()

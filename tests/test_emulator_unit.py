@@ -46,9 +46,7 @@ def check_valid(kind: str, payload: dict[str, Any]) -> None:
     """The validation rules of DESIGN.md §3, as the agent applies them."""
     assert isinstance(payload, dict)
     if kind == "api":
-        assert {"api", "method", "path", "status", "request_id", "latency_ms", "detail"} <= set(
-            payload
-        )
+        assert {"api", "method", "path", "status", "request_id", "latency_ms", "detail"} <= set(payload)
         assert type(payload["status"]) is int and type(payload["latency_ms"]) is int
         assert all(isinstance(payload[k], str) for k in ("api", "method", "path", "detail"))
         return

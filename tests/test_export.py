@@ -66,7 +66,9 @@ async def test_history_export_writes_data_and_manifest(tmp_path: Path) -> None:
     assert rows[0]["payload"] == {"n": 5, "name": "ev 5"}  # embedded as JSON, not a string
     table = list(csv.reader(io.StringIO(gzip.decompress((dest / f"{job.stem}.csv.gz").read_bytes()).decode())))
     assert table[0] == ["event_id", "app", "kind", "ts", "received_at", "payload"] and len(table) == 6
-    assert sorted(os.listdir(dest)) == sorted([f"{job.stem}.jsonl.gz", f"{job.stem}.csv.gz", f"{job.stem}.manifest.json"])
+    assert sorted(os.listdir(dest)) == sorted(
+        [f"{job.stem}.jsonl.gz", f"{job.stem}.csv.gz", f"{job.stem}.manifest.json"]
+    )
 
 
 async def test_snapshot_export_and_null_json_values(tmp_path: Path) -> None:
@@ -103,7 +105,9 @@ async def test_requests_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="history exports only"):
         create_job(db, "snapshot", "tag", tmp_path, from_ts="2024-01-01T00:00:00.000Z")
     with pytest.raises(ExportError, match="must be after"):
-        create_job(db, "history", "event", tmp_path, from_ts="2024-02-01T00:00:00.000Z", to_ts="2024-01-01T00:00:00.000Z")
+        create_job(
+            db, "history", "event", tmp_path, from_ts="2024-02-01T00:00:00.000Z", to_ts="2024-01-01T00:00:00.000Z"
+        )
     with pytest.raises(ExportError, match="RFC 3339"):
         parse_time("yesterday")
     assert parse_time("2024-05-01") == "2024-05-01T00:00:00.000Z"

@@ -125,7 +125,9 @@ async def test_sigkill_during_stream_then_restart_within_hibernation(
     agent_process.append(agent)
     agent.start()
     await wait_until(lambda: connected(db), what="connected")
-    options = emulator_options(server, to=[account[0]], count=20_000, batch=10, rate=2500, event_log=log, duplicates=0.01)
+    options = emulator_options(
+        server, to=[account[0]], count=20_000, batch=10, rate=2500, event_log=log, duplicates=0.01
+    )
     stream = asyncio.ensure_future(emulator.run(options))
     for pause in (1.5, 2.0, 2.5):
         await asyncio.sleep(pause)
@@ -275,7 +277,9 @@ async def test_database_locked_by_another_writer(
 def small_tmpfs(path: Path, size: str = "8m") -> Iterator[Path]:
     """A size-limited tmpfs at ``path`` (needs root, as CI and the README's commands run)."""
     path.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.fail(f"cannot mount a tmpfs for the disk-full test (needs root): {result.stderr.strip()}")
     try:

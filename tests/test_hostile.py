@@ -177,17 +177,13 @@ async def test_entity_expansion_in_the_stream_is_refused(tmp_path: Path) -> None
     client.add_event_handler("disconnected", disconnects.append)
     try:
         client.init_parser()
-        entities = "".join(
-            f"<!ENTITY l{i} '{('&l' + str(i - 1) + ';') * 10}'>" for i in range(1, 10)
-        )
+        entities = "".join(f"<!ENTITY l{i} '{('&l' + str(i - 1) + ';') * 10}'>" for i in range(1, 10))
         client.data_received(f"<?xml version='1.0'?><!DOCTYPE s [<!ENTITY l0 'lol'>{entities}]>".encode())
         client.data_received(
             b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'"
             b" from='localhost' id='x' version='1.0'>"
         )
-        client.data_received(
-            message("agent@localhost", event("lol", '{"device_id": "&l9;"}')).encode()
-        )
+        client.data_received(message("agent@localhost", event("lol", '{"device_id": "&l9;"}')).encode())
         await store.barrier()
     finally:
         await store.close()

@@ -6,7 +6,6 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,9 @@ STREAM_HEADER = (
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ProsodyServer]:
-    """A started private Prosody, always stopped afterwards."""
-    prosody = ProsodyServer(tmp_path / "prosody")
-    prosody.start()
-    try:
-        yield prosody
-    finally:
-        prosody.stop()
+def server(private_prosody: ProsodyServer) -> ProsodyServer:
+    """A started private Prosody (conftest), always stopped afterwards."""
+    return private_prosody
 
 
 def read_features(port: int, domain: str = "localhost", timeout: float = 3.0) -> bytes:
@@ -70,9 +64,7 @@ async def login(server: ProsodyServer, jid: str, password: str, *, trust_ca: boo
 
     client.add_event_handler("session_start", lambda _: settle(None))
     client.add_event_handler("failed_all_auth", lambda _: settle(AssertionError("auth failed")))
-    client.add_event_handler(
-        "ssl_invalid_chain", lambda exc: settle(AssertionError(f"TLS verification failed: {exc}"))
-    )
+    client.add_event_handler("ssl_invalid_chain", lambda exc: settle(AssertionError(f"TLS verification failed: {exc}")))
     client.connect(host="127.0.0.1", port=server.c2s_port)
     try:
         await asyncio.wait_for(session, 8)

@@ -82,8 +82,7 @@ async def test_every_kind_lands_exactly_once_with_malformed_and_duplicates(
         sent = sent_ids(log)
         expected_received = report.events_sent + report.duplicates_sent
         await wait_until(
-            lambda: db_value(db, "SELECT value FROM counters WHERE name='events_received'")
-            == expected_received,
+            lambda: db_value(db, "SELECT value FROM counters WHERE name='events_received'") == expected_received,
             what="all events received",
         )
         await wait_until(
@@ -166,8 +165,10 @@ async def test_recovers_from_frozen_server_and_resumes(private_prosody: ProsodyS
         await wait_until(lambda: agent_state(db, "session") == "connected (resumed)", what="resumed")
         report = await emulator.run(emulator_options(server, to=[account[0]], count=200, batch=10, event_log=log))
         await wait_until(
-            lambda: db_value(db, "SELECT count(*) FROM events") + db_value(db, "SELECT count(*) FROM api_calls")
-            == sum(1 for k in sent_ids(log).values() if k in ("activity", "event", "job", "error", "crash", "api")),
+            lambda: (
+                db_value(db, "SELECT count(*) FROM events") + db_value(db, "SELECT count(*) FROM api_calls")
+                == sum(1 for k in sent_ids(log).values() if k in ("activity", "event", "job", "error", "crash", "api"))
+            ),
             what="events after resume",
         )
         stop.set()

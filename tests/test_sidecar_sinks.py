@@ -20,10 +20,10 @@ from werkzeug import Request, Response
 
 from agent.config import AlertRule, AlertSettings, Settings, StoreSettings
 from agent.events import parse_event
-from agent.prosody import ProsodyServer, prosody_available
+from agent.prosody import ProsodyServer
 from agent.store import Store
 
-from tests.test_sidecar_webhook import query, run_until, states  # noqa: I001
+from .test_sidecar_webhook import query, run_until, states
 
 ALERTMANAGER = "prometheus-alertmanager"
 
@@ -36,8 +36,9 @@ def free_port() -> int:
 
 async def api_events(path: Path, *statuses: int) -> None:
     """Commit api events for app 'shop' through the agent's store (auth resolves at once)."""
-    store = await Store.open(StoreSettings(path=path, flush_ms=2),
-                             AlertSettings(rules={"auth": AlertRule(resolve_hold_seconds=0)}))
+    store = await Store.open(
+        StoreSettings(path=path, flush_ms=2), AlertSettings(rules={"auth": AlertRule(resolve_hold_seconds=0)})
+    )
     store.submit_events([parse_event({"id": f"e{time.time_ns()}-{i}", "kind": "api", "app": "shop",
                                       "ts": "2026-11-22T10:00:00.000Z"}, f'{{"api":"reach","status":{s}}}', 65536)
                          for i, s in enumerate(statuses)], "r")  # fmt: skip
@@ -98,9 +99,14 @@ async def test_alertmanager_receives_firing_then_resolved(tmp_path: Path, alertm
     hook.expect_request("/am").respond_with_handler(handler)
     path = tmp_path / "m.db"
     await api_events(path, 401)
-    settings = Settings(store=StoreSettings(path=path), sidecar={"sinks": [{
-        "type": "alertmanager", "url": url, "backoff_initial": 0.05, "park_seconds": 0.3}],
-        "poll_seconds": 0.05, "agent_down_after": 3600})
+    settings = Settings(
+        store=StoreSettings(path=path),
+        sidecar={
+            "sinks": [{"type": "alertmanager", "url": url, "backoff_initial": 0.05, "park_seconds": 0.3}],
+            "poll_seconds": 0.05,
+            "agent_down_after": 3600,
+        },
+    )
 
     def got(status: str) -> bool:
         return any(p["status"] == status and p["alerts"][0]["labels"].get("code") == "401" for p in received)
@@ -113,19 +119,6 @@ async def test_alertmanager_receives_firing_then_resolved(tmp_path: Path, alertm
     await run_until(settings, lambda: got("resolved"), timeout=20)
     assert set(states(path, "alertmanager").values()) == {"delivered"}
     assert query(path, "SELECT count(*) FROM deliveries WHERE sink = 'alertmanager' AND status = 'delivered'") == [(2,)]
-
-
-@pytest.fixture(scope="module")
-def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
-    """A private Prosody for this module."""
-    if not prosody_available():
-        pytest.fail("prosody is not installed: apt-get install -y prosody")
-    server = ProsodyServer(tmp_path_factory.mktemp("prosody"))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_xmpp_sink_delivers_to_operator_confirmed_by_server(tmp_path: Path, prosody: ProsodyServer) -> None:

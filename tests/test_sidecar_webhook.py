@@ -26,8 +26,13 @@ from agent.sidecar.outbox import Outbox
 from agent.sidecar.runner import Sidecar
 from agent.store import Store
 
-FAST = {"backoff_initial": 0.05, "backoff_max": 0.2, "backoff_jitter": 0.05, "park_seconds": 0.3,
-        "failing_retry_seconds": 0.5}
+FAST = {
+    "backoff_initial": 0.05,
+    "backoff_max": 0.2,
+    "backoff_jitter": 0.05,
+    "park_seconds": 0.3,
+    "failing_retry_seconds": 0.5,
+}
 
 
 @pytest.fixture
@@ -41,8 +46,14 @@ def server() -> Iterator[HTTPServer]:
 async def make_notifications(path: Path, n: int) -> list[str]:
     """n firing notifications (one 401 per app); returns their idempotency keys."""
     store = await Store.open(StoreSettings(path=path, flush_ms=2), AlertSettings())
-    events = [parse_event({"id": f"e{i}", "kind": "api", "app": f"app{i}", "ts": "2026-11-22T10:00:00.000Z"},
-                          '{"api":"reach","status":401}', 65536) for i in range(n)]
+    events = [
+        parse_event(
+            {"id": f"e{i}", "kind": "api", "app": f"app{i}", "ts": "2026-11-22T10:00:00.000Z"},
+            '{"api":"reach","status":401}',
+            65536,
+        )
+        for i in range(n)
+    ]
     store.submit_events(events, "r")
     await store.barrier()
     await store.close()
@@ -58,8 +69,9 @@ def query(path: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
 
 
 def settings_for(path: Path, *sinks: dict[str, Any]) -> Settings:
-    return Settings(store=StoreSettings(path=path), sidecar={"sinks": list(sinks), "poll_seconds": 0.05,
-                                                             "agent_down_after": 3600})
+    return Settings(
+        store=StoreSettings(path=path), sidecar={"sinks": list(sinks), "poll_seconds": 0.05, "agent_down_after": 3600}
+    )
 
 
 async def run_until(settings: Settings, done: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -82,8 +94,14 @@ async def run_until(settings: Settings, done: Callable[[], bool], timeout: float
 
 
 def states(path: Path, sink: str = "webhook") -> dict[str, str]:
-    return dict(query(path, "SELECT n.key, d.state FROM delivery_state d JOIN notifications n"
-                            " ON n.id = d.notification_id WHERE d.sink = ?", sink))
+    return dict(
+        query(
+            path,
+            "SELECT n.key, d.state FROM delivery_state d JOIN notifications n"
+            " ON n.id = d.notification_id WHERE d.sink = ?",
+            sink,
+        )
+    )
 
 
 class Recorder:
@@ -123,8 +141,13 @@ async def test_2xx_delivers_the_batch_once_with_instrumentation(tmp_path: Path, 
     """A 200 confirms a whole batch in one POST, with seed 001's headers sent and recorded."""
     path = tmp_path / "m.db"
     keys = await make_notifications(path, 5)
-    recorder = Recorder(lambda m: Response("{}", status=200, headers={
-        "request-id": "srv-1", "X-FEServer": "fe1", "X-TargetBEServer": "be1", "X-DiagInfo": "d"}))
+    recorder = Recorder(
+        lambda m: Response(
+            "{}",
+            status=200,
+            headers={"request-id": "srv-1", "X-FEServer": "fe1", "X-TargetBEServer": "be1", "X-DiagInfo": "d"},
+        )
+    )
     server.expect_request("/alerts", method="POST").respond_with_handler(recorder)
     await run_until(settings_for(path, webhook(server, token="s3cret")), delivered(path))
     assert len(recorder.requests) == 1 and sorted(recorder.received()) == sorted(keys)
@@ -132,8 +155,11 @@ async def test_2xx_delivers_the_batch_once_with_instrumentation(tmp_path: Path, 
     assert messages[0]["transition"] == "firing" and messages[0]["alert"]["code"] == "401"
     assert headers["User-Agent"].startswith("xmppmon/") and headers["Authorization"] == "Bearer s3cret"
     assert headers["Return-Client-Request-Id"] == "true"
-    row = query(path, "SELECT status, http_status, request_id, client_request_id, fe_server, be_server,"
-                      " diag_info, attempt FROM deliveries LIMIT 1")[0]
+    row = query(
+        path,
+        "SELECT status, http_status, request_id, client_request_id, fe_server, be_server,"
+        " diag_info, attempt FROM deliveries LIMIT 1",
+    )[0]
     assert row[:3] == ("delivered", 200, "srv-1") and row[3] == headers["Client-Request-Id"]
     assert row[4:] == ("fe1", "be1", "d", 1)
 
@@ -142,8 +168,18 @@ async def test_207_retries_only_failed_items_and_dead_letters_item_400(tmp_path:
     """On 207, accepted items are done, a per-item 500 is retried alone and a per-item 400 is dead-lettered."""
     path = tmp_path / "m.db"
     keys = await make_notifications(path, 3)
-    partial = Response(json.dumps({"responses": [{"xactionId": "x:0"}, {"statusCode": 500, "message": "busy"},
-                                                 {"statusCode": 400, "message": "bad field"}]}), status=207)
+    partial = Response(
+        json.dumps(
+            {
+                "responses": [
+                    {"xactionId": "x:0"},
+                    {"statusCode": 500, "message": "busy"},
+                    {"statusCode": 400, "message": "bad field"},
+                ]
+            }
+        ),
+        status=207,
+    )
     recorder = Recorder(lambda _: partial, ok)
     server.expect_request("/alerts").respond_with_handler(recorder)
     await run_until(settings_for(path, webhook(server)), delivered(path))
@@ -202,8 +238,7 @@ async def test_500_then_recovery_parks_after_attempts_and_delivers_once(tmp_path
     await run_until(settings_for(path, webhook(server)), delivered(path))
     assert len(recorder.requests) == 5
     story = query(path, "SELECT attempt, status, http_status FROM deliveries ORDER BY id")
-    assert story == [(1, "retry", 500), (2, "retry", 500), (3, "retry", 500), (4, "retry", 500),
-                     (5, "delivered", 200)]
+    assert story == [(1, "retry", 500), (2, "retry", 500), (3, "retry", 500), (4, "retry", 500), (5, "delivered", 200)]
     assert states(path) == {keys[0]: "delivered"}
 
 
@@ -231,8 +266,13 @@ async def test_401_marks_sink_failing_and_meta_alert_goes_through_other_sink(tmp
     path = tmp_path / "m.db"
     keys = await make_notifications(path, 1)
     with HTTPServer(host="127.0.0.1") as bad, HTTPServer(host="127.0.0.1") as good:
-        refuse = Recorder(lambda _: Response("no", status=401, headers={
-            "x-ms-diagnostics": '2000001;reason="The token is invalid.";error_type="invalid_token"'}))
+        refuse = Recorder(
+            lambda _: Response(
+                "no",
+                status=401,
+                headers={"x-ms-diagnostics": '2000001;reason="The token is invalid.";error_type="invalid_token"'},
+            )
+        )
         bad.expect_request("/alerts").respond_with_handler(refuse)
         other = Recorder(ok)
         good.expect_request("/alerts").respond_with_handler(other)
@@ -242,13 +282,21 @@ async def test_401_marks_sink_failing_and_meta_alert_goes_through_other_sink(tmp
             return any(m["alert"]["code"] == "sink_failing" for msgs, _, _ in other.requests for m in msgs)
 
         await run_until(settings, meta_seen)
-        row = query(path, "SELECT status, diag_error_id, diag_reason, diag_error_type FROM deliveries"
-                          " WHERE sink = 'ops' LIMIT 1")[0]
+        row = query(
+            path,
+            "SELECT status, diag_error_id, diag_reason, diag_error_type FROM deliveries WHERE sink = 'ops' LIMIT 1",
+        )[0]
         assert row == ("unauthorized", 2000001, "The token is invalid.", "invalid_token")
         assert states(path, "ops")[keys[0]] == "pending"
         refuse.answers = [ok]
-        await run_until(settings, lambda: query(path, "SELECT state FROM alerts WHERE code = 'sink_failing'")
-                        == [("resolved",)] and delivered(path, "ops")() and delivered(path, "backup")())
+        await run_until(
+            settings,
+            lambda: (
+                query(path, "SELECT state FROM alerts WHERE code = 'sink_failing'") == [("resolved",)]
+                and delivered(path, "ops")()
+                and delivered(path, "backup")()
+            ),
+        )
         bad.clear()
         good.clear()
     transitions = [(m["alert"]["code"], m["transition"]) for msgs, _, _ in other.requests for m in msgs]
@@ -259,8 +307,9 @@ async def test_400_on_single_item_is_dead_lettered(tmp_path: Path, server: HTTPS
     """A 400 for a batch is bisected down to the bad item, which is dead-lettered with the reason; the rest arrive."""
     path = tmp_path / "m.db"
     keys = await make_notifications(path, 4)
-    recorder = Recorder(lambda m: Response("app2 is refused", status=400)
-                        if any(x["alert"]["app"] == "app2" for x in m) else ok(m))
+    recorder = Recorder(
+        lambda m: Response("app2 is refused", status=400) if any(x["alert"]["app"] == "app2" for x in m) else ok(m)
+    )
     server.expect_request("/alerts").respond_with_handler(recorder)
     await run_until(settings_for(path, webhook(server)), delivered(path))
     result = states(path)
@@ -287,8 +336,15 @@ async def test_dead_mans_switch_raises_and_resolves_agent_down(tmp_path: Path, s
     server.expect_request("/alerts").respond_with_handler(recorder)
     settings = settings_for(path, webhook(server))
     settings.sidecar.agent_down_after = 1.0
-    seen = lambda t: lambda: ("agent_down", t) in [  # noqa: E731
-        (m["alert"]["code"], m["transition"]) for msgs, _, _ in recorder.requests for m in msgs]
+    def seen(t):
+        return (
+            lambda: (
+                ("agent_down", t)
+                in [
+                    (m["alert"]["code"], m["transition"]) for msgs, _, _ in recorder.requests for m in msgs
+                ]
+            )
+        )
     await run_until(settings, seen("firing"))
     store = await Store.open(StoreSettings(path=path, heartbeat_seconds=0.2))
     try:
@@ -310,8 +366,12 @@ async def test_kill_9_loses_nothing_and_does_not_resend_confirmed(tmp_path: Path
 
     server.expect_request("/alerts").respond_with_handler(slow)
     sinks = json.dumps([webhook(server, max_batch=3)])
-    env = {**os.environ, "XMPPMON_STORE__PATH": str(path), "XMPPMON_SIDECAR__SINKS": sinks,
-           "XMPPMON_SIDECAR__POLL_SECONDS": "0.05"}
+    env = {
+        **os.environ,
+        "XMPPMON_STORE__PATH": str(path),
+        "XMPPMON_SIDECAR__SINKS": sinks,
+        "XMPPMON_SIDECAR__POLL_SECONDS": "0.05",
+    }
     cmd = [sys.executable, "-m", "agent", "sidecar"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from agent import emulator
 from agent.prosody import ProsodyServer
 from agent.systemd import Notifier, WriterHealth, watchdog_interval
 
+from .conftest import agent_env as base_agent_env
 from .conftest import db_value, emulator_options, new_account, running, wait_until
 
 XMPPMON = [sys.executable, "-m", "agent"]
@@ -66,26 +66,14 @@ def notify() -> Iterator[NotifySocket]:
         sock.close()
 
 
-def agent_env(server: ProsodyServer, db: Path, account: tuple[str, str], notify: NotifySocket, **extra: Any) -> dict[str, str]:
+def agent_env(
+    server: ProsodyServer, db: Path, account: tuple[str, str], notify: NotifySocket, **extra: Any
+) -> dict[str, str]:
     """The environment systemd would give ``xmppmon run``: settings, NOTIFY_SOCKET, WATCHDOG_USEC."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XMPPMON_", "NOTIFY_", "WATCHDOG_"))}
-    env.update({
-        "NOTIFY_SOCKET": notify.path,
-        "WATCHDOG_USEC": "1000000",
-        "XMPPMON_XMPP__JID": account[0],
-        "XMPPMON_XMPP__PASSWORD": account[1],
-        "XMPPMON_XMPP__HOST": "127.0.0.1",
-        "XMPPMON_XMPP__PORT": str(server.c2s_port),
-        "XMPPMON_XMPP__CA_FILE": str(server.ca_file),
-        "XMPPMON_XMPP__NEGOTIATION_TIMEOUT": "5",
-        "XMPPMON_MONITOR__JID": server.component,
-        "XMPPMON_MONITOR__APPS": '[{"app": "demo", "key": "demo-key"}]',
-        "XMPPMON_RECONNECT__INITIAL": "0.2",
-        "XMPPMON_RECONNECT__MAXIMUM": "1",
-        "XMPPMON_STORE__PATH": str(db),
-        "XMPPMON_STORE__FLUSH_MS": "5",
-        "XMPPMON_STORE__HEARTBEAT_SECONDS": "0.5",
-    })  # fmt: skip
+    env = base_agent_env(server, db, account, XMPPMON_STORE__FLUSH_MS="5", XMPPMON_STORE__HEARTBEAT_SECONDS="0.5",
+                         XMPPMON_KEEPALIVE__INTERVAL="30", XMPPMON_KEEPALIVE__TIMEOUT="5")  # fmt: skip
+    env = {k: v for k, v in env.items() if not k.startswith(("NOTIFY_", "WATCHDOG_"))}
+    env.update({"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "1000000"})
     env.update({f"XMPPMON_{k.upper()}": str(v) for k, v in extra.items()})
     return env
 
@@ -136,7 +124,9 @@ async def test_ready_watchdog_stopping_and_flush(
     assert ready[0]["MAINPID"] == str(proc.pid)
     assert db_value(db, "SELECT count(*) FROM schema_migrations"), "READY before the database was ready"
     since = time.monotonic()
-    pings = await wait_until(lambda: len(notify.with_key("WATCHDOG", since)) >= 3 and notify.with_key("WATCHDOG", since), 5, "pings")
+    pings = await wait_until(
+        lambda: len(notify.with_key("WATCHDOG", since)) >= 3 and notify.with_key("WATCHDOG", since), 5, "pings"
+    )
     assert all(p["WATCHDOG"] == "1" for p in pings)
 
     options = emulator_options(prosody, to=[account[0]], count=400, batch=10, rate=0, event_log=sent, seed=3)
@@ -149,13 +139,19 @@ async def test_ready_watchdog_stopping_and_flush(
     assert time.monotonic() - stopped_at < 10
     stopping = notify.with_key("STOPPING")
     assert stopping and stopping[0]["STOPPING"] == "1"
-    assert db_value(db, "SELECT count(DISTINCT event_id) FROM events") + db_value(
-        db, "SELECT count(DISTINCT event_id) FROM api_calls"
-    ) + sum(db_value(db, f"SELECT count(*) FROM {t}") for t in ("devices", "tags", "tokens", "push_feedback")) >= 1
+    assert (
+        db_value(db, "SELECT count(DISTINCT event_id) FROM events")
+        + db_value(db, "SELECT count(DISTINCT event_id) FROM api_calls")
+        + sum(db_value(db, f"SELECT count(*) FROM {t}") for t in ("devices", "tags", "tokens", "push_feedback"))
+        >= 1
+    )
     conn = sqlite3.connect(db)
     try:
-        stored = {row[0] for table in ("events", "api_calls", "devices", "tags", "tokens", "push_feedback")
-                  for row in conn.execute(f"SELECT event_id FROM {table}")}  # noqa: S608
+        stored = {
+            row[0]
+            for table in ("events", "api_calls", "devices", "tags", "tokens", "push_feedback")
+            for row in conn.execute(f"SELECT event_id FROM {table}")
+        }
     finally:
         conn.close()
     missing = set(ids) - stored
@@ -211,7 +207,9 @@ async def test_wedged_writer_stops_the_watchdog(
     options = emulator_options(prosody, to=[account[0]], rate=200, batch=5, duration=30)
     try:
         async with running(emulator.run(options, stop)):
-            wedged = await wait_until(lambda: [m for m in notify.with_key("STATUS") if "WEDGED" in m["STATUS"]], 10, "WEDGED status")
+            wedged = await wait_until(
+                lambda: [m for m in notify.with_key("STATUS") if "WEDGED" in m["STATUS"]], 10, "WEDGED status"
+            )
             assert "write has been blocked" in wedged[0]["STATUS"]
             quiet_from = time.monotonic() + 0.2  # one ping may have been in flight
             await asyncio.sleep(3)  # the claim under test is an absence over time

@@ -16,7 +16,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-
 import httpx
 import orjson
 import stamina
@@ -131,7 +130,7 @@ class HttpSink:
             status, text = response.status_code, response.text[:500]
             if status == 207:
                 retry = self._multi_status(batch, response, ex, rnd)
-                for item, part in retry:
+                for item, _part in retry:
                     tries[item.id] = tries.get(item.id, 1) + 1
                 retry = [p for p in retry if tries[p[0].id] <= self.cfg.attempts]
                 if retry:
@@ -212,7 +211,7 @@ class HttpSink:
                     return response, ex
         except Transient as exc:
             pause = max(cfg.park_seconds, exc.retry_after or 0.0)
-            for a in rnd.attempts[-len(batch):]:
+            for a in rnd.attempts[-len(batch) :]:
                 a.next_attempt_at = time.time() + pause
             rnd.pause = max(rnd.pause, pause)
             log.warning("sink {}: {} after {} tries; {} notification(s) wait {:.0f} s",

@@ -91,9 +91,9 @@ class InstrumentedClient:
     client_statistics: bool = False
     _previous: tuple[str, float] | None = field(default=None, init=False)
 
-    async def post(self, url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[
-        httpx.Response | None, Exchange
-    ]:
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> tuple[httpx.Response | None, Exchange]:
         """POST ``body``; a transport error is returned in ``Exchange.error`` with no response."""
         exchange = Exchange(str(uuid.uuid4()), time.time())
         sent = {
@@ -103,15 +103,13 @@ class InstrumentedClient:
         }  # fmt: skip
         if self.client_statistics and self._previous is not None:
             request_id, ms = self._previous
-            sent["X-ClientStatistics"] = (
-                f"MessageId={request_id},ResponseTime={round(ms)},SoapAction={self.operation}"
-            )
+            sent["X-ClientStatistics"] = f"MessageId={request_id},ResponseTime={round(ms)},SoapAction={self.operation}"
         started = time.monotonic()
         try:
             response = await self.client.post(url, content=body, headers=sent)
         except httpx.HTTPError as exc:
             exchange.finished_at = time.time()
-            exchange.error = f"{type(exc).__name__}: {exc}" or type(exc).__name__
+            exchange.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return None, exchange
         exchange.finished_at = exchange.started_at + (time.monotonic() - started)
         h = response.headers

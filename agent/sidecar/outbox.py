@@ -11,7 +11,6 @@ next round, so a restart (kill -9 included) re-sends only what was not confirmed
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -24,8 +23,7 @@ import orjson
 
 from agent.alerts import AlertEngine, Observation, iso
 from agent.config import AlertSettings
-from agent.exceptions import StoreError
-from agent.store import create_private_file, migrate
+from agent.store import open_writer
 
 
 @dataclass(slots=True)
@@ -64,7 +62,10 @@ _DELIVERY_COLUMNS = (
 )  # fmt: skip
 _INSERT_DELIVERY = (
     "INSERT INTO deliveries (sink, notification_id, attempt, status, error, started_at, finished_at, "
-    + ", ".join(_DELIVERY_COLUMNS) + ") VALUES (" + ", ".join("?" * (7 + len(_DELIVERY_COLUMNS))) + ")"
+    + ", ".join(_DELIVERY_COLUMNS)
+    + ") VALUES ("
+    + ", ".join("?" * (7 + len(_DELIVERY_COLUMNS)))
+    + ")"
 )
 
 
@@ -79,20 +80,7 @@ class Outbox:
 
     @classmethod
     async def open(cls, path: Path, alerts: AlertSettings, busy_timeout_ms: int = 30_000) -> Outbox:
-        try:
-            create_private_file(path)
-            conn = await aiosqlite.connect(path, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open database {path}: {exc}") from None
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = NORMAL")
-            await migrate(conn)
-        except BaseException:
-            await conn.close()
-            raise
-        return cls(conn, alerts)
+        return cls(await open_writer(path, busy_timeout_ms), alerts)
 
     async def close(self) -> None:
         if not self._closed:
@@ -115,8 +103,8 @@ class Outbox:
         now = iso(time.time())
         added = 0
         async with self._transaction() as conn:
-            top = (await conn.execute_fetchall("SELECT coalesce(max(id), 0) FROM notifications"))
-            newest = int(list(top)[0][0])
+            top = await conn.execute_fetchall("SELECT coalesce(max(id), 0) FROM notifications")
+            newest = int(next(iter(top))[0])
             for sink in sinks:
                 rows = list(await conn.execute_fetchall(
                     "SELECT last_id FROM sink_cursor WHERE sink = ?", (sink,)))  # fmt: skip

@@ -19,7 +19,7 @@ from loguru import logger
 
 from agent import __version__
 from agent.alerts import Observation, epoch
-from agent.config import AlertmanagerSink, Settings, WebhookSink, XmppSink
+from agent.config import Settings, WebhookSink, XmppSink
 from agent.sidecar.alertmanager import AlertmanagerRelay
 from agent.sidecar.http import Round
 from agent.sidecar.instrumentation import InstrumentedClient
