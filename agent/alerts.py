@@ -312,7 +312,7 @@ def _to_row(alert: _Alert) -> list[Any]:
 def _from_row(row: Any) -> _Alert:
     values = {k: (epoch(v) if k in _TIMES and v is not None else v)
               for k, v in zip(("id", *_COLUMNS), row, strict=True)}  # fmt: skip
-    return _Alert(**values)
+    return _Alert(**values)  # type: ignore[arg-type]  # the columns are the dataclass's fields
 
 
 @dataclass
@@ -421,8 +421,10 @@ class AlertEngine:
         alert = self._active.get(identity) or dirty.get(identity)
         if alert is None:
             source, app, code, api = identity
-            rows = await conn.execute_fetchall(
-                f"{_SELECT} WHERE source = ? AND app = ? AND code = ? AND api = ?", identity
+            rows = list(
+                await conn.execute_fetchall(
+                    f"{_SELECT} WHERE source = ? AND app = ? AND code = ? AND api = ?", identity
+                )
             )
             alert = (
                 _from_row(rows[0])
@@ -522,8 +524,8 @@ class AlertEngine:
                 assert row is not None
                 alert.id = int(row[0])
             else:
-                row = _to_row(alert)
-                updates.append([v for k, v in zip(_COLUMNS, row, strict=True)
+                values = _to_row(alert)
+                updates.append([v for k, v in zip(_COLUMNS, values, strict=True)
                                 if k not in ("source", "app", "code", "api", "cls")] + [alert.id])  # fmt: skip
         if updates:
             await conn.executemany(_UPDATE, updates)

@@ -53,7 +53,7 @@ async def _pages(client: ClientXMPP, with_jid: str, after: str | None, start: st
         iq["type"] = "set"
         iq.append(_query(client, with_jid, after, start))
         try:
-            result = await iq.send(timeout=60)
+            result = await iq.send(timeout=60)  # type: ignore[no-untyped-call]
         except IqError as exc:
             if exc.iq["error"]["condition"] == "item-not-found" and after is not None:
                 raise ArchiveGap(after) from None

@@ -247,8 +247,8 @@ def _print_rows(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> No
         widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
         print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
         print("  ".join("-" * w for w in widths))
-        for row in cells:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        for cell_row in cells:
+            print("  ".join(v.ljust(w) for v, w in zip(cell_row, widths, strict=True)))
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
 
 

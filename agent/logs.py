@@ -67,7 +67,7 @@ class RepeatFilter:
         if first is not None and now - first < self.window:
             self._seen[key] = (first, suppressed + 1)
             return False
-        if suppressed:
+        if suppressed and first is not None:
             record["message"] += f" (suppressed {suppressed} similar in the last {now - first:.0f} s)"
         if len(self._seen) > 1000:  # forget old keys; a bounded filter cannot leak memory
             self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.window}

@@ -28,7 +28,7 @@ from xml.etree import ElementTree as ET
 
 import orjson
 from loguru import logger
-from slixmpp import ClientXMPP
+from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.plugins.xep_0198 import stanza as sm_stanza
 from slixmpp.xmlstream.handler import Callback
@@ -42,6 +42,7 @@ from agent.events import utc_now
 from agent.exceptions import AuthenticationError, NegotiationTimeout, SessionError
 from agent.pluginload import load_plugins
 from agent.store import Store
+from plugins.monitor_events import MonitorEvents
 
 log = logger.bind(component="session")
 
@@ -62,7 +63,7 @@ def _minus_minutes(stamp: str | None, minutes: int) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class MonitorClient(ClientXMPP):  # type: ignore[misc]  # slixmpp ships no type information
+class MonitorClient(ClientXMPP):
     """A slixmpp client set up for the Monitor API: STARTTLS only, verified, no plaintext."""
 
     def __init__(self, settings: Settings) -> None:
@@ -322,7 +323,7 @@ class MonitorSession:
             await asyncio.sleep(keepalive.interval)
             started = time.monotonic()
             try:
-                await ping.send_ping(self.client.boundjid.domain, timeout=keepalive.timeout)
+                await ping.send_ping(JID(self.client.boundjid.domain), timeout=keepalive.timeout)
             except IqTimeout:
                 log.warning("no answer to ping within {:.0f} s: dropping the connection", keepalive.timeout)
                 self.store.count("ping_timeouts")
@@ -350,7 +351,7 @@ class MonitorSession:
 
     async def _catch_up(self) -> None:
         plugin = self.client.plugin.get("monitor_events", None)
-        if plugin is None:
+        if not isinstance(plugin, MonitorEvents):
             return
         plugin.recovered.clear()
         state = await self.store.read_state()
@@ -365,7 +366,7 @@ class MonitorSession:
 
     async def _report_resumption(self) -> None:
         plugin = self.client.plugin.get("monitor_events", None)
-        if plugin is None:
+        if not isinstance(plugin, MonitorEvents):
             return
         plugin.recovered.clear()
         # The server replays its queue right after <resumed/>; give it a moment to arrive.
@@ -406,7 +407,7 @@ class MonitorSession:
         iq["to"] = monitor.jid
         iq.append(ET.Element(f"{{{monitor.namespace}}}subscribe", {"app": app, "key": key}))
         try:
-            await iq.send(timeout=monitor.subscribe_timeout)
+            await iq.send(timeout=monitor.subscribe_timeout)  # type: ignore[no-untyped-call]
         except IqError as exc:
             error = exc.iq["error"]
             condition, code = error["condition"], error["code"] or "?"

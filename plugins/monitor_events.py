@@ -15,7 +15,7 @@ from xml.etree import ElementTree as ET
 
 from loguru import logger
 from slixmpp.plugins.base import BasePlugin
-from slixmpp.stanza import Message
+from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -35,7 +35,7 @@ MAX_RAW_CHARS = 256 * 1024
 FOREIGN_LOG_EVERY = 10.0
 
 
-class MonitorEvents(BasePlugin):  # type: ignore[misc]  # slixmpp ships no type information
+class MonitorEvents(BasePlugin):
     """Validate Monitor API events and hand them to the store; quarantine the invalid ones."""
 
     name = "monitor_events"
@@ -74,10 +74,10 @@ class MonitorEvents(BasePlugin):  # type: ignore[misc]  # slixmpp ships no type 
     def _own_bare(self) -> str:
         return str(self.xmpp.boundjid.bare).lower()
 
-    def _on_message(self, msg: Message) -> None:
+    def _on_message(self, msg: StanzaBase) -> None:
         self._process(msg.xml, via=None, archive_id=None)
 
-    def _on_archived(self, msg: Message) -> None:
+    def _on_archived(self, msg: StanzaBase) -> None:
         """A message replayed from our own archive (XEP-0313): unwrap it and process the original."""
         outer = msg.xml
         sender = (outer.get("from") or "").lower()
@@ -115,7 +115,7 @@ class MonitorEvents(BasePlugin):  # type: ignore[misc]  # slixmpp ships no type 
                 continue
             attrs = element.attrib
             try:
-                valid.append(parse_event(attrs, element.text, limit))  # type: ignore[arg-type]
+                valid.append(parse_event(attrs, element.text, limit))
             except InvalidEvent as exc:
                 store.submit_quarantine(
                     Quarantined(

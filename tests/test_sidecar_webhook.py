@@ -336,15 +336,13 @@ async def test_dead_mans_switch_raises_and_resolves_agent_down(tmp_path: Path, s
     server.expect_request("/alerts").respond_with_handler(recorder)
     settings = settings_for(path, webhook(server))
     settings.sidecar.agent_down_after = 1.0
+
     def seen(t):
-        return (
-            lambda: (
-                ("agent_down", t)
-                in [
-                    (m["alert"]["code"], m["transition"]) for msgs, _, _ in recorder.requests for m in msgs
-                ]
-            )
+        return lambda: (
+            ("agent_down", t)
+            in [(m["alert"]["code"], m["transition"]) for msgs, _, _ in recorder.requests for m in msgs]
         )
+
     await run_until(settings, seen("firing"))
     store = await Store.open(StoreSettings(path=path, heartbeat_seconds=0.2))
     try:

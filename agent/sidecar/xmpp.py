@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Any, Literal
 
 from loguru import logger
-from slixmpp import ClientXMPP
+from slixmpp import JID, ClientXMPP
 
 from agent.config import Settings, XmppSink
 from agent.sidecar.http import Round
@@ -66,7 +66,7 @@ class XmppRelay:
     async def _started(self, _event: Any) -> None:
         self.client.send_presence()
         if self.cfg.room:
-            await self.client.plugin["xep_0045"].join_muc_wait(self.cfg.room, self.cfg.nick, maxstanzas=0)
+            await self.client.plugin["xep_0045"].join_muc_wait(JID(self.cfg.room), self.cfg.nick, maxstanzas=0)
         self._up.set()
 
     def _settle(self, stanza_id: str, how: str) -> None:
@@ -104,11 +104,12 @@ class XmppRelay:
         if self.cfg.room:
             targets.append((self.cfg.room, "groupchat"))
         per_item: list[tuple[Item, list[asyncio.Future[str]]]] = []
+        kinds: dict[str, Literal["chat", "groupchat"]] = {"chat": "chat", "groupchat": "groupchat"}
         loop = asyncio.get_running_loop()
         for item in items:
             futures = []
             for n, (jid, kind) in enumerate(targets):
-                msg = self.client.make_message(mto=jid, mbody=text(item.message()), mtype=kind)
+                msg = self.client.make_message(mto=jid, mbody=text(item.message()), mtype=kinds[kind])
                 msg["id"] = f"{item.key}.{n}"
                 future: asyncio.Future[str] = loop.create_future()
                 self._waiting[msg["id"]] = future
@@ -122,7 +123,7 @@ class XmppRelay:
         pending = set(all_futures)
         while pending and time.monotonic() < deadline:
             await asyncio.sleep(0)
-            self.client.plugin["xep_0198"].request_ack()
+            self.client.plugin["xep_0198"].request_ack()  # type: ignore[no-untyped-call]
             _, pending = await asyncio.wait(pending, timeout=min(0.1, max(0.0, deadline - time.monotonic())))
         finished = time.time()
         for item, futures in per_item:
