@@ -272,3 +272,26 @@ def test_writer_health_is_about_being_stuck_not_failing() -> None:
     store.healthy, store.last_error = False, "database or disk is full"
     assert health.check(store, 20.0) and health.failing == "database or disk is full"  # type: ignore[arg-type]
     assert not health.check(store, 22.0) and "no database write attempted" in health.reason  # type: ignore[arg-type]
+
+
+async def test_sidecar_speaks_sd_notify(tmp_path: Path, notify: NotifySocket) -> None:
+    """The sidecar sends READY once its outbox is open, WATCHDOG while its loop runs, STOPPING on SIGTERM, and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XMPPMON_", "NOTIFY_", "WATCHDOG_"))}
+    env |= {
+        "NOTIFY_SOCKET": notify.path,
+        "WATCHDOG_USEC": "1000000",
+        "XMPPMON_STORE__PATH": str(tmp_path / "m.db"),
+        "XMPPMON_SIDECAR__POLL_SECONDS": "0.2",
+        "XMPPMON_SIDECAR__SINKS": '[{"type": "webhook", "url": "http://127.0.0.1:9/unused"}]',
+    }
+    with (tmp_path / "sidecar.log").open("wb") as log:
+        proc = subprocess.Popen([*XMPPMON, "sidecar"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ready = await wait_until(lambda: notify.with_key("READY"), 20, "READY=1")
+        assert "relaying to webhook" in ready[0].get("STATUS", "")
+        since = time.monotonic()
+        await wait_until(lambda: len(notify.with_key("WATCHDOG", since)) >= 2, 10, "watchdog pings")
+    finally:
+        code = await asyncio.to_thread(stop_agent, proc)
+    assert code == 0
+    assert notify.with_key("STOPPING")

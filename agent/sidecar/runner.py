@@ -26,6 +26,7 @@ from agent.sidecar.instrumentation import InstrumentedClient
 from agent.sidecar.outbox import Outbox
 from agent.sidecar.webhook import WebhookRelay
 from agent.sidecar.xmpp import XmppRelay
+from agent.systemd import Notifier, watchdog_interval
 
 log = logger.bind(component="sidecar")
 
@@ -41,6 +42,7 @@ class Sidecar:
         self.failing: set[str] = set()
         self.agent_down = False
         self.started = time.time()
+        self.notifier = Notifier()
         self._wake = asyncio.Event()
         for name, cfg in settings.sidecar.named_sinks():
             if isinstance(cfg, XmppSink):
@@ -68,6 +70,7 @@ class Sidecar:
             if await self.outbox.is_firing("sink_failing", name):
                 self.failing.add(name)
         log.info("sidecar {} relaying to {}", __version__, ", ".join(self.relays) or "no sink")
+        self.notifier.ready(f"relaying to {', '.join(self.relays) or 'no sink'}")
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._watch(stop))
             for name, relay in self.relays.items():
@@ -78,10 +81,21 @@ class Sidecar:
             await asyncio.wait_for(stop.wait(), seconds)
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        last_repost = 0.0
+        last_repost = last_ping = last_status = 0.0
+        interval = watchdog_interval()
         while not stop.is_set():
             await self.check_heartbeat()
             await self.outbox.sync(self.relays)
+            # This loop reading the database every poll_seconds is what proves the sidecar alive.
+            mono = time.monotonic()
+            if interval and mono - last_ping >= interval:
+                self.notifier.watchdog()
+                last_ping = mono
+            if mono - last_status >= 10:
+                failing = f"; FAILING: {', '.join(sorted(self.failing))}" if self.failing else ""
+                agent = "; AGENT DOWN" if self.agent_down else ""
+                self.notifier.status(f"relaying to {', '.join(self.relays) or 'no sink'}{failing}{agent}")
+                last_status = mono
             now = time.time()
             ams = [r for r in self.relays.values() if isinstance(r, AlertmanagerRelay)]
             if ams and now - last_repost >= min(r.cfg.resend_seconds for r in ams):
@@ -146,6 +160,8 @@ async def run_sidecar(settings: Settings, stop: asyncio.Event | None = None) -> 
     try:
         await sidecar.run(stop)
     finally:
+        sidecar.notifier.stopping("stopping: finishing the current delivery round")
         await sidecar.close()
         await outbox.close()
+        sidecar.notifier.close()
     log.info("sidecar stopped")
