@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ from agent.config import Settings
 from agent.events import utc_now
 from agent.session import MonitorSession
 from agent.store import Store
-from agent.systemd import Notifier, supervise
+from agent.systemd import Notifier, stop_on_signals, supervise
 
 log = logger.bind(component="agent")
 
@@ -44,11 +43,7 @@ async def lifespan(settings: Settings) -> AsyncIterator[App]:
 
 async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then shut down cleanly."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals(stop)
     log.info(
         "xmppmon {} starting: {} -> {} ({} app(s)), database {}",
         __version__,

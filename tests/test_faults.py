@@ -15,7 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,9 +57,18 @@ class AgentProcess:
 
 
 @pytest.fixture
-def agent_process(tmp_path: Path) -> Iterator[list[AgentProcess]]:
+def spawn(tmp_path: Path) -> Iterator[Callable[..., Awaitable[AgentProcess]]]:
+    """Start ``xmppmon run`` against a server and wait until it is connected; killed at the end."""
     made: list[AgentProcess] = []
-    yield made
+
+    async def start(server: ProsodyServer, db: Path, account: tuple[str, str], **extra: str) -> AgentProcess:
+        agent = AgentProcess(agent_env(server, db, account, **extra), tmp_path / "agent.log")
+        made.append(agent)
+        agent.start()
+        await wait_until(lambda: connected(db), what="connected")
+        return agent
+
+    yield start
     for agent in made:
         if agent.proc is not None and agent.proc.poll() is None:
             agent.proc.kill()
@@ -116,15 +125,12 @@ def connected(db: Path) -> bool:
 
 
 async def test_sigkill_during_stream_then_restart_within_hibernation(
-    private_prosody: ProsodyServer, tmp_path: Path, agent_process: list[AgentProcess]
+    private_prosody: ProsodyServer, tmp_path: Path, spawn: Callable[..., Awaitable[AgentProcess]]
 ) -> None:
     """SIGKILL the agent three times mid-stream and restart it at once: the stream resumes, nothing lost or doubled."""
     server, db, log = private_prosody, tmp_path / "m.db", tmp_path / "sent.log"
     account = new_account(server)
-    agent = AgentProcess(agent_env(server, db, account), tmp_path / "agent.log")
-    agent_process.append(agent)
-    agent.start()
-    await wait_until(lambda: connected(db), what="connected")
+    agent = await spawn(server, db, account)
     options = emulator_options(
         server, to=[account[0]], count=20_000, batch=10, rate=2500, event_log=log, duplicates=0.01
     )
@@ -142,16 +148,13 @@ async def test_sigkill_during_stream_then_restart_within_hibernation(
 
 
 async def test_sigkill_then_restart_after_hibernation_expired(
-    tmp_path: Path, agent_process: list[AgentProcess]
+    tmp_path: Path, spawn: Callable[..., Awaitable[AgentProcess]]
 ) -> None:
     """Down longer than the server keeps the session: offline storage and the archive bring everything back."""
     with ProsodyServer(tmp_path / "prosody", hibernation_time=2) as server:
         db, log = tmp_path / "m.db", tmp_path / "sent.log"
         account = new_account(server)
-        agent = AgentProcess(agent_env(server, db, account), tmp_path / "agent.log")
-        agent_process.append(agent)
-        agent.start()
-        await wait_until(lambda: connected(db), what="connected")
+        agent = await spawn(server, db, account)
         stream = asyncio.ensure_future(
             emulator.run(emulator_options(server, to=[account[0]], count=6000, batch=10, rate=2000, event_log=log))
         )
@@ -166,15 +169,12 @@ async def test_sigkill_then_restart_after_hibernation_expired(
         assert agent.stop() == 0
 
 
-async def test_queue_overflow_while_down(tmp_path: Path, agent_process: list[AgentProcess]) -> None:
+async def test_queue_overflow_while_down(tmp_path: Path, spawn: Callable[..., Awaitable[AgentProcess]]) -> None:
     """More unacknowledged stanzas than the server's queue while the agent is down: resumption is refused, nothing is lost."""
     with ProsodyServer(tmp_path / "prosody", max_queue_size=50) as server:
         db, log = tmp_path / "m.db", tmp_path / "sent.log"
         account = new_account(server)
-        agent = AgentProcess(agent_env(server, db, account), tmp_path / "agent.log")
-        agent_process.append(agent)
-        agent.start()
-        await wait_until(lambda: connected(db), what="connected")
+        agent = await spawn(server, db, account)
         await emulator.run(emulator_options(server, to=[account[0]], count=200, batch=5, event_log=log))
         await wait_until(lambda: len(stored(db)[0]) >= 100, what="first events")
         agent.kill()
@@ -186,15 +186,12 @@ async def test_queue_overflow_while_down(tmp_path: Path, agent_process: list[Age
 
 
 async def test_server_frozen_then_killed_and_restarted(
-    private_prosody: ProsodyServer, tmp_path: Path, agent_process: list[AgentProcess]
+    private_prosody: ProsodyServer, tmp_path: Path, spawn: Callable[..., Awaitable[AgentProcess]]
 ) -> None:
     """A server frozen past interval+timeout, then killed and restarted with the agent behind: nothing lost."""
     server, db, log = private_prosody, tmp_path / "m.db", tmp_path / "sent.log"
     account = new_account(server)
-    agent = AgentProcess(agent_env(server, db, account), tmp_path / "agent.log")
-    agent_process.append(agent)
-    agent.start()
-    await wait_until(lambda: connected(db), what="connected")
+    agent = await spawn(server, db, account)
     await emulator.run(emulator_options(server, to=[account[0]], count=2000, batch=10, rate=2000, event_log=log))
     server.freeze()
     await asyncio.sleep(4)  # interval 1 s + timeout 2 s
@@ -213,17 +210,14 @@ async def test_server_frozen_then_killed_and_restarted(
 
 
 async def test_tcp_connection_cut_during_burst(
-    private_prosody: ProsodyServer, tmp_path: Path, agent_process: list[AgentProcess]
+    private_prosody: ProsodyServer, tmp_path: Path, spawn: Callable[..., Awaitable[AgentProcess]]
 ) -> None:
     """`ss -K` kills the agent's TCP connection twice during a burst; it reconnects, resumes, loses nothing."""
     if shutil.which("ss") is None:
         pytest.fail("ss (iproute2) is missing: the README's test command installs it")
     server, db, log = private_prosody, tmp_path / "m.db", tmp_path / "sent.log"
     account = new_account(server)
-    agent = AgentProcess(agent_env(server, db, account), tmp_path / "agent.log")
-    agent_process.append(agent)
-    agent.start()
-    await wait_until(lambda: connected(db), what="connected")
+    agent = await spawn(server, db, account)
     stream = asyncio.ensure_future(
         emulator.run(emulator_options(server, to=[account[0]], count=10_000, batch=10, rate=2500, event_log=log))
     )
@@ -241,15 +235,12 @@ async def test_tcp_connection_cut_during_burst(
 
 
 async def test_database_locked_by_another_writer(
-    prosody: ProsodyServer, tmp_path: Path, agent_process: list[AgentProcess]
+    prosody: ProsodyServer, tmp_path: Path, spawn: Callable[..., Awaitable[AgentProcess]]
 ) -> None:
     """A reader in a long transaction and a second writer holding the lock: the agent waits, then stores everything."""
     db, log = tmp_path / "m.db", tmp_path / "sent.log"
     account = new_account(prosody)
-    agent = AgentProcess(agent_env(prosody, db, account, XMPPMON_STORE__BUSY_TIMEOUT_MS="200"), tmp_path / "agent.log")
-    agent_process.append(agent)
-    agent.start()
-    await wait_until(lambda: connected(db), what="connected")
+    agent = await spawn(prosody, db, account, XMPPMON_STORE__BUSY_TIMEOUT_MS="200")
     reader = sqlite3.connect(db, isolation_level=None)
     writer = sqlite3.connect(db, isolation_level=None)
     try:
@@ -301,16 +292,13 @@ def fill(directory: Path) -> Path:
 
 
 async def test_disk_full_stops_acknowledging_and_catches_up(
-    prosody: ProsodyServer, tmp_path: Path, agent_process: list[AgentProcess]
+    prosody: ProsodyServer, tmp_path: Path, spawn: Callable[..., Awaitable[AgentProcess]]
 ) -> None:
     """With the disk full the agent keeps running, says why, stops acknowledging, and stores everything once space returns."""
     with small_tmpfs(tmp_path / "disk") as disk:
         db, log = disk / "m.db", tmp_path / "sent.log"
         account = new_account(prosody)
-        agent = AgentProcess(agent_env(prosody, db, account), tmp_path / "agent.log")
-        agent_process.append(agent)
-        agent.start()
-        await wait_until(lambda: connected(db), what="connected")
+        agent = await spawn(prosody, db, account)
         pid = agent.proc.pid if agent.proc else None
         filler = fill(disk)
         stream = asyncio.ensure_future(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 
 import httpx
@@ -26,7 +25,7 @@ from agent.sidecar.instrumentation import InstrumentedClient
 from agent.sidecar.outbox import Outbox
 from agent.sidecar.webhook import WebhookRelay
 from agent.sidecar.xmpp import XmppRelay
-from agent.systemd import Notifier, watchdog_interval
+from agent.systemd import Notifier, stop_on_signals, watchdog_interval
 
 log = logger.bind(component="sidecar")
 
@@ -150,11 +149,7 @@ class Sidecar:
 
 async def run_sidecar(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``)."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals(stop)
     outbox = await Outbox.open(settings.store.path, settings.alerts, settings.store.busy_timeout_ms)
     sidecar = Sidecar(settings, outbox)
     try:
