@@ -42,6 +42,8 @@ class Sidecar:
         self.agent_down = False
         self.started = time.time()
         self.notifier = Notifier()
+        #: One per sink: a delivery round and an Alertmanager re-post never interleave.
+        self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
         for name, cfg in settings.sidecar.named_sinks():
             if isinstance(cfg, XmppSink):
@@ -54,6 +56,7 @@ class Sidecar:
                 self.relays[name] = WebhookRelay(name, cfg, http)
             else:
                 self.relays[name] = AlertmanagerRelay(name, cfg, http)
+        self._locks = {name: asyncio.Lock() for name in self.relays}
 
     async def close(self) -> None:
         for relay in self.relays.values():
@@ -96,11 +99,13 @@ class Sidecar:
                 self.notifier.status(f"relaying to {', '.join(self.relays) or 'no sink'}{failing}{agent}")
                 last_status = mono
             now = time.time()
-            ams = [r for r in self.relays.values() if isinstance(r, AlertmanagerRelay)]
-            if ams and now - last_repost >= min(r.cfg.resend_seconds for r in ams):
-                firing = await self.outbox.firing()
-                for relay in ams:
-                    await relay.repost(firing)
+            ams = {n: r for n, r in self.relays.items() if isinstance(r, AlertmanagerRelay)}
+            if ams and now - last_repost >= min(r.cfg.resend_seconds for r in ams.values()):
+                for name, relay in ams.items():
+                    # Under the relay's lock, so that a resolution delivered meanwhile cannot be
+                    # overtaken by a stale firing copy read before it.
+                    async with self._locks[name]:
+                        await relay.repost(await self.outbox.firing())
                 last_repost = now
             await self._sleep(stop, self.settings.sidecar.poll_seconds)
 
@@ -128,8 +133,9 @@ class Sidecar:
             if not items:
                 await self._sleep(stop, self.settings.sidecar.poll_seconds)
                 continue
-            rnd: Round = await relay.deliver(items)
-            await self.outbox.record(name, rnd.attempts, park_until=time.time() + cfg.park_seconds)
+            async with self._locks[name]:
+                rnd: Round = await relay.deliver(items)
+                await self.outbox.record(name, rnd.attempts, park_until=time.time() + cfg.park_seconds)
             await self._meta(name, rnd)
             if rnd.pause:
                 await self._sleep(stop, rnd.pause)
