@@ -15,7 +15,7 @@ from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from agent import emulator
+from agent import emulator, emulator_data
 from agent.prosody import ProsodyServer
 
 from .conftest import emulator_options, new_account, running, wait_until
@@ -155,7 +155,7 @@ async def test_subscribe_refusals_carry_condition_and_code(
             await client.subscribe(app, key)
         error = refused.value.iq["error"]
         assert (error["condition"], error["code"]) == (condition, str(code))
-        assert error["type"] == emulator.CONDITIONS[code][1]
+        assert error["type"] == emulator_data.CONDITIONS[code][1]
         await asyncio.sleep(0.2)
         assert client.ids == []
         stop.set()

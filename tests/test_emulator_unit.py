@@ -13,24 +13,26 @@ from typing import Any
 import pytest
 
 from agent.emulator import (
+    EmulatorOptions,
+    EmulatorReport,
+    Pacer,
+    _Streamer,
+    add_arguments,
+    decide,
+    options_from_args,
+)
+from agent.emulator_data import (
     CONDITIONS,
     DEFECTS,
     KINDS,
     NAMESPACE,
     OVERSIZE,
     PUSH_ACTIONS,
-    EmulatorOptions,
-    EmulatorReport,
     EventFactory,
-    Pacer,
-    _Streamer,
-    add_arguments,
-    decide,
     event_xml,
     iq_reply_xml,
     make_payload,
     message_xml,
-    options_from_args,
     utc_ts,
     uuid4_text,
 )
