@@ -353,7 +353,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     if bool(args.snapshot) == bool(args.history):
         raise XmppmonError("export create needs exactly one of --snapshot NAME or --history NAME")
-    dest = Path(args.dest) if args.dest else db.resolve().parent / "exports"
+    dest = Path(args.dest) if args.dest else settings.export.dir or db.resolve().parent / "exports"
     job_id = export.create_job(
         db, "snapshot" if args.snapshot else "history", args.snapshot or args.history, dest,
         from_ts=export.parse_time(args.from_) if args.from_ else None,
@@ -466,7 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", choices=HISTORY, help="events of one kind over --from/--to")
     p.add_argument("--from", dest="from_", metavar="TIME", help="start (RFC 3339 or date, inclusive)")
     p.add_argument("--to", metavar="TIME", help="end (exclusive; default now)")
-    p.add_argument("--dest", metavar="DIR", help="destination folder (default: exports/ beside the database)")
+    p.add_argument(
+        "--dest",
+        metavar="DIR",
+        help="destination folder (default: XMPPMON_EXPORT__DIR, else exports/ beside the database)",
+    )
     p.add_argument("--csv", action="store_true", help="also write gzip CSV")
     p.add_argument("--background", action="store_true", help="return at once; poll with export status")
     p.add_argument("--json", action="store_true", help="list/status as JSON lines")

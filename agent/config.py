@@ -143,6 +143,12 @@ class PluginSettings(_Section):
     enabled: list[str] = Field(default_factory=lambda: ["monitor_events"])
 
 
+class ExportSettings(_Section):
+    """Where ``xmppmon export create`` writes when no ``--dest`` is given."""
+
+    dir: Path | None = Field(default=None, description="default: exports/ beside the database")
+
+
 class LogSettings(_Section):
     level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     json_lines: Annotated[bool, Field(alias="json")] = False
@@ -256,6 +262,7 @@ class Settings(BaseSettings):
     store: StoreSettings = Field(default_factory=StoreSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    export: ExportSettings = Field(default_factory=ExportSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
 

@@ -97,3 +97,16 @@ async def test_status_shows_counts_and_no_secret(db: Path, tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert "events=3" in result.stdout and "api_calls=1" in result.stdout and "demo=ok" in result.stdout
     assert env_secret not in result.stdout + result.stderr and "api-key-xyz" not in result.stdout + result.stderr
+
+
+async def test_export_goes_to_the_configured_folder(db: Path, tmp_path: Path) -> None:
+    """Without --dest, `export create` writes into XMPPMON_EXPORT__DIR: data and manifest."""
+    out = tmp_path / "exports-here"
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "export", "create", "--history", "activity", "--from", "2026-11-22",
+         "--database", str(db)],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "XMPPMON_EXPORT__DIR": str(out)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert any("manifest" in n for n in names) and any(n.endswith(".jsonl.gz") for n in names), names
