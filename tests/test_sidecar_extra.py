@@ -15,13 +15,13 @@ from pytest_httpserver import HTTPServer
 from slixmpp import JID, ClientXMPP
 from werkzeug import Request, Response
 
-from agent.config import Settings, StoreSettings
+from agent.config import Settings
 from agent.prosody import ProsodyServer
 from agent.sidecar.outbox import Outbox
 from agent.sidecar.runner import Sidecar
 
 from .conftest import running, wait_until
-from .test_sidecar_sinks import api_events
+from .test_sidecar_sinks import api_events, xmpp_sidecar_settings
 from .test_sidecar_webhook import FAST, Recorder, make_notifications, query, settings_for, states, webhook
 
 ROOM = "ops@conference.localhost"
@@ -70,13 +70,9 @@ async def test_xmpp_sink_delivers_to_a_muc_room(tmp_path: Path) -> None:
             path = tmp_path / "m.db"
             await api_events(path, 402)
             key = query(path, "SELECT key FROM notifications")[0][0]
-            settings = Settings(
-                store=StoreSettings(path=path),
-                xmpp={"jid": "sidecar@localhost", "password": "sidecar-pass", "host": "127.0.0.1",
-                      "port": server.c2s_port, "ca_file": server.ca_file, "negotiation_timeout": 10},
-                sidecar={"sinks": [{"type": "xmpp", "room": ROOM, "nick": "xmppmon", "timeout": 5}],
-                         "poll_seconds": 0.05, "agent_down_after": 3600},
-            )  # fmt: skip
+            settings = xmpp_sidecar_settings(
+                path, server, {"type": "xmpp", "room": ROOM, "nick": "xmppmon", "timeout": 5}
+            )
             async with sidecar(settings):
                 await wait_until(lambda: states(path, "xmpp") == {key: "delivered"}, 20, "delivered to the room")
                 await wait_until(lambda: any(key in body for _, body in bodies), 10, "the occupant's groupchat message")

@@ -121,6 +121,16 @@ async def test_alertmanager_receives_firing_then_resolved(tmp_path: Path, alertm
     assert query(path, "SELECT count(*) FROM deliveries WHERE sink = 'alertmanager' AND status = 'delivered'") == [(2,)]
 
 
+def xmpp_sidecar_settings(path: Path, server: ProsodyServer, sink: dict[str, Any]) -> Settings:
+    """Sidecar settings with one XMPP sink, logged in as sidecar@localhost on ``server``."""
+    return Settings(
+        store=StoreSettings(path=path),
+        xmpp={"jid": "sidecar@localhost", "password": "sidecar-pass", "host": "127.0.0.1",
+              "port": server.c2s_port, "ca_file": server.ca_file, "negotiation_timeout": 10},
+        sidecar={"sinks": [sink], "poll_seconds": 0.05, "agent_down_after": 3600},
+    )  # fmt: skip
+
+
 async def test_xmpp_sink_delivers_to_operator_confirmed_by_server(tmp_path: Path, prosody: ProsodyServer) -> None:
     """A notification reaches the ops account on a real Prosody and is marked delivered on the server's ack."""
     prosody.register("ops", "ops-pass")
@@ -143,13 +153,7 @@ async def test_xmpp_sink_delivers_to_operator_confirmed_by_server(tmp_path: Path
         path = tmp_path / "m.db"
         await api_events(path, 402)
         key = query(path, "SELECT key FROM notifications")[0][0]
-        settings = Settings(
-            store=StoreSettings(path=path),
-            xmpp={"jid": "sidecar@localhost", "password": "sidecar-pass", "host": "127.0.0.1",
-                  "port": prosody.c2s_port, "ca_file": prosody.ca_file},
-            sidecar={"sinks": [{"type": "xmpp", "jids": ["ops@localhost"], "timeout": 5}],
-                     "poll_seconds": 0.05, "agent_down_after": 3600},
-        )  # fmt: skip
+        settings = xmpp_sidecar_settings(path, prosody, {"type": "xmpp", "jids": ["ops@localhost"], "timeout": 5})
         await run_until(settings, lambda: states(path, "xmpp") == {key: "delivered"} and bool(bodies), timeout=20)
     finally:
         await ops.disconnect(wait=2.0)
