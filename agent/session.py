@@ -311,7 +311,7 @@ class MonitorSession:
     def _on_session_end(self, _event: Any) -> None:
         # The server discarded the stream (or resumption failed): the position is meaningless now.
         self._committed_handled = None
-        self.store.set_state("sm_id", None)
+        self.store.forget_stream()
 
     # -- keepalive ----------------------------------------------------------------------------
 

@@ -281,6 +281,16 @@ class Store:
         self.alerts.observe(Observation(source, code, app, api, ok, detail))
         self._wake.set()
 
+    def forget_stream(self) -> None:
+        """The server discarded the XEP-0198 stream: never store its position again.
+
+        Barriers still waiting carry the dead stream's id; without this, their commit would write
+        it back after the state was cleared, and the next start would try to resume a dead stream.
+        """
+        for mark in self._marks:
+            mark.sm_id = None
+        self.set_state("sm_id", None)
+
     def barrier(self, sm_id: str | None = None, handled: int | None = None) -> asyncio.Future[None]:
         """A future resolved once everything submitted so far is committed.
 

@@ -203,3 +203,15 @@ async def test_writer_survives_an_unexpected_error(tmp_path: Path, monkeypatch: 
     conn = connect_readonly(tmp_path / "m.db")
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 1
     conn.close()
+
+
+async def test_a_forgotten_stream_is_not_written_back(store: Store) -> None:
+    """After forget_stream(), a barrier queued before it does not store the dead stream's id again."""
+    await store.barrier(sm_id="old", handled=3)
+    pending = store.barrier(sm_id="old", handled=5)
+    store.forget_stream()
+    await pending
+    state = await store.read_state()
+    assert state["sm_id"] is None
+    await store.barrier(sm_id="new", handled=1)
+    assert (await store.read_state())["sm_id"] == "new"
