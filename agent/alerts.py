@@ -15,13 +15,13 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
 from typing import Any, Final
 
 import aiosqlite
 import orjson
 
 from agent.config import AlertRule, AlertSettings
+from agent.events import epoch, iso
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,17 +235,6 @@ def effective_rules(settings: AlertSettings) -> dict[str, AlertRule]:
             merged["for_seconds"] = settings.rules.get(cls, _R()).for_seconds or (settings.disconnected_after_seconds)
         rules[cls] = AlertRule(**merged)
     return rules
-
-
-def iso(epoch: float) -> str:
-    """Epoch seconds in the store's format, ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def epoch(text: str) -> float:
-    """The inverse of :func:`iso`."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 Identity = tuple[str, str, str, str]  # source, app, code, api

@@ -16,6 +16,7 @@ import orjson
 
 from agent import __version__
 from agent.config import Settings, load_settings
+from agent.events import epoch
 from agent.exceptions import ConfigError, XmppmonError
 from agent.store import connect_readonly
 
@@ -98,14 +99,11 @@ def read_status(path: Path) -> dict[str, Any]:
         backlog, firing = _sidecar_backlog(conn)
     finally:
         conn.close()
-    heartbeat_age = None
-    if state.get("heartbeat"):
-        heartbeat = time.mktime(time.strptime(state["heartbeat"][:19], "%Y-%m-%dT%H:%M:%S"))
-        heartbeat_age = round(time.mktime(time.gmtime()) - heartbeat, 1)
+    now = time.time()
+    heartbeat_age = round(now - epoch(state["heartbeat"]), 1) if state.get("heartbeat") else None
     uptime = None
     if state.get("started_at") and state.get("session") != "stopped":
-        started = time.mktime(time.strptime(state["started_at"][:19], "%Y-%m-%dT%H:%M:%S"))
-        uptime = round(time.mktime(time.gmtime()) - started)
+        uptime = round(now - epoch(state["started_at"]))
     return {
         "database": str(path),
         "session": state.get("session"),
@@ -220,7 +218,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     try:
         cursor = conn.execute(sql)
         columns = [d[0] for d in cursor.description or ()]
-        rows = [tuple(row) for row in cursor.fetchmany(args.limit) if True]
+        rows = [tuple(row) for row in cursor.fetchmany(args.limit)]
     except sqlite3.Error as exc:
         if args.view and "no such table" in str(exc):
             raise XmppmonError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Final
@@ -83,10 +84,20 @@ def _valid_date(day: str) -> bool:
     return True
 
 
+def iso(epoch: float) -> str:
+    """Epoch seconds in the store's format, ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def epoch(text: str) -> float:
+    """The inverse of :func:`iso`."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
 def utc_now() -> str:
     """The current time in the store's timestamp format."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    return iso(time.time())
 
 
 def _attribute(attrs: dict[str, str], name: str, pattern: re.Pattern[str]) -> str:

@@ -436,10 +436,10 @@ class Store:
                 upserts.setdefault(kind, []).append(_state_row(event, received_at))
         conn = self._conn
         await conn.execute("BEGIN IMMEDIATE")
-        inserted = 0
+        appended = 0  # history and api rows really inserted: the rest were duplicates
         if history:
             cursor = await conn.executemany(_INSERT_EVENT, history)
-            inserted += max(cursor.rowcount, 0)
+            appended += max(cursor.rowcount, 0)
         api_total = len(api)
         if api:
             # Alerts count each call once: on a redelivery, count only the rows really inserted.
@@ -450,18 +450,17 @@ class Store:
                 api = await self._new_api_rows(api)
                 cursor = await conn.executemany(_INSERT_API, api)
             await conn.execute("RELEASE api")
-            inserted += max(cursor.rowcount, 0)
+            appended += max(cursor.rowcount, 0)
         if api or self.alerts.has_pending or self.alerts.sweep_due():
             await self.alerts.write(conn, Counter((r[1], r[3], r[6]) for r in api))
         for kind, rows in upserts.items():
             await conn.executemany(_UPSERT[kind], rows)
-            inserted += len(rows)
         if quarantine:
             await conn.executemany(
                 _INSERT_QUARANTINE,
                 [(q.reason, q.raw, q.sender, q.event_id, q.app, q.received_at) for q in quarantine],
             )
-        duplicates = len(history) + api_total - (inserted - sum(map(len, upserts.values())))
+        duplicates = len(history) + api_total - appended
         if events:
             counters["events_received"] += len(events)
         if duplicates:
@@ -477,7 +476,7 @@ class Store:
             await conn.executemany(_SET_STATE, [(k, v, now) for k, v in state.items()])
         await conn.commit()
         self.alerts.committed()
-        return inserted
+        return appended + sum(map(len, upserts.values()))
 
     async def _new_api_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """The rows of ``rows`` not yet in api_calls, each once (a redelivery's slow path)."""

@@ -20,9 +20,8 @@ from loguru import logger
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from agent.alerts import epoch
 from agent.config import AlertSettings, Settings, StoreSettings
-from agent.events import parse_event
+from agent.events import epoch, parse_event
 from agent.sidecar.outbox import Outbox
 from agent.sidecar.runner import Sidecar
 from agent.store import Store

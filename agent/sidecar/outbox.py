@@ -21,8 +21,9 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from agent.alerts import AlertEngine, Observation, iso
+from agent.alerts import AlertEngine, Observation
 from agent.config import AlertSettings
+from agent.events import iso
 from agent.store import open_writer
 
 

@@ -17,8 +17,9 @@ import httpx
 from loguru import logger
 
 from agent import __version__
-from agent.alerts import Observation, epoch
+from agent.alerts import Observation
 from agent.config import Settings, WebhookSink, XmppSink
+from agent.events import epoch
 from agent.sidecar.alertmanager import AlertmanagerRelay
 from agent.sidecar.http import Round
 from agent.sidecar.instrumentation import InstrumentedClient
