@@ -23,7 +23,7 @@ from loguru import logger
 
 from agent.config import AlertmanagerSink, WebhookSink
 from agent.sidecar.instrumentation import Exchange, InstrumentedClient
-from agent.sidecar.outbox import Attempt, Item
+from agent.store.outbox import Attempt, Item
 
 log = logger.bind(component="sidecar")
 

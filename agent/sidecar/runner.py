@@ -20,12 +20,12 @@ from agent import __version__
 from agent.alerts import Observation
 from agent.config import Settings, WebhookSink, XmppSink
 from agent.events import epoch
-from agent.sidecar.alertmanager import AlertmanagerRelay
 from agent.sidecar.http import Round
 from agent.sidecar.instrumentation import InstrumentedClient
-from agent.sidecar.outbox import Outbox
-from agent.sidecar.webhook import WebhookRelay
-from agent.sidecar.xmpp import XmppRelay
+from agent.sidecar.sinks.alertmanager import AlertmanagerRelay
+from agent.sidecar.sinks.webhook import WebhookRelay
+from agent.sidecar.sinks.xmpp import XmppRelay
+from agent.store.outbox import Outbox
 from agent.systemd import Notifier, stop_on_signals, watchdog_interval
 
 log = logger.bind(component="sidecar")

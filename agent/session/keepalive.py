@@ -1,0 +1,52 @@
+"""Liveness is the session's own decision: XEP-0199 pings, and an abort when the server is silent.
+
+Aborting (not slixmpp's ``reconnect()``, which closes the stream cleanly) keeps the server-side
+session hibernating, so the next connection can resume it (XEP-0198).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from loguru import logger
+from slixmpp import JID, ClientXMPP
+from slixmpp.exceptions import IqError, IqTimeout
+
+from agent.config import KeepaliveSettings
+from agent.events import utc_now
+from agent.store import Store
+
+log = logger.bind(component="session")
+
+
+class Keepalive:
+    """Pings every ``interval`` seconds; ``last_rtt`` is the newest round-trip time in seconds."""
+
+    def __init__(self, client: ClientXMPP, store: Store, settings: KeepaliveSettings) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.last_rtt: float | None = None
+
+    async def run(self, current: Callable[[], bool]) -> None:
+        """Ping while ``current()`` says this connection is still the live one."""
+        ping = self.client.plugin["xep_0199"]
+        while current() and self.client.transport is not None:
+            await asyncio.sleep(self.settings.interval)
+            started = time.monotonic()
+            try:
+                await ping.send_ping(JID(self.client.boundjid.domain), timeout=self.settings.timeout)
+            except IqTimeout:
+                log.warning("no answer to ping within {:.0f} s: dropping the connection", self.settings.timeout)
+                self.store.count("ping_timeouts")
+                self.store.observe("session", "ping_timeout", detail="no answer to ping")
+                self.client.disconnect_reason = "ping timeout"
+                self.client.abort()
+                return
+            except IqError:
+                pass  # an error answer still proves the server is alive
+            self.last_rtt = time.monotonic() - started
+            self.store.set_state("last_ping_rtt_ms", round(self.last_rtt * 1000, 1))
+            self.store.set_state("last_ping_at", utc_now())
