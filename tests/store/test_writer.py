@@ -215,3 +215,30 @@ async def test_a_forgotten_stream_is_not_written_back(store: Store) -> None:
     assert state["sm_id"] is None
     await store.barrier(sm_id="new", handled=1)
     assert (await store.read_state())["sm_id"] == "new"
+
+
+async def test_a_retried_batch_counts_its_events_once(tmp_path: Path) -> None:
+    """A commit that fails after the counters were prepared is retried without counting its events twice."""
+    path = tmp_path / "m.db"
+    store = await Store.open(StoreSettings(path=path, flush_ms=1))
+    await store.barrier()
+    outside = sqlite3.connect(path, isolation_level=None)
+    outside.execute(
+        "CREATE TRIGGER fail_once BEFORE INSERT ON counters BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    )
+    store.submit_events([make_event(i) for i in range(5)], "r")
+    done = store.barrier()
+    for _ in range(200):
+        if not store.healthy:
+            break
+        await asyncio.sleep(0.01)
+    assert not store.healthy, "the injected failure did not happen"
+    outside.execute("DROP TRIGGER fail_once")
+    outside.close()
+    await asyncio.wait_for(done, 10)
+    await store.close()
+    conn = connect_readonly(path)
+    counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 5
+    conn.close()
+    assert counters["events_received"] == 5
