@@ -71,10 +71,14 @@ class MonitorSession:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, stay connected, reconnect; return after a clean shutdown once ``stop`` is set."""
         await self._restore_stream_position()
+        await self.recovery.restore()
         self.store.set_state("session", "starting")
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                if self.store.over:
+                    await self._wait_for_writer(stopping)
+                    continue
                 try:
                     resumed = await self._connect_once(stopping)
                 except AuthenticationError as exc:
@@ -88,10 +92,11 @@ class MonitorSession:
                     if stop.is_set():
                         break
                     await self._on_up(resumed)
-                    await asyncio.wait(
-                        [stopping, asyncio.ensure_future(self._lost.wait())],
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
+                    lost = asyncio.ensure_future(self._lost.wait())
+                    try:
+                        await asyncio.wait([stopping, lost], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        lost.cancel()  # on stop, nothing else would ever end it
                     if stop.is_set():
                         break
                     self._on_down()
@@ -104,6 +109,14 @@ class MonitorSession:
             stopping.cancel()
             await self._shutdown()
 
+    async def _wait_for_writer(self, stopping: asyncio.Future[Any]) -> None:
+        """Do not connect while the writer is far behind: a new connection would only add to it."""
+        log.warning("the database is {} records behind: reconnecting once the writer has caught up", self.store.pending)
+        self.store.set_state("session", "waiting for the database to catch up")
+        while self.store.over and not stopping.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopping), 1.0)
+
     async def _restore_stream_position(self) -> None:
         state = await self.store.read_state()
         self.acks.restore(state.get("sm_id"), state.get("sm_handled"))
@@ -112,6 +125,7 @@ class MonitorSession:
         """One attempt: returns True if the stream was resumed, False for a new session."""
         client = self.client
         self.acks.new_attempt()
+        self.recovery.connecting()
         self._lost.clear()
         outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -155,6 +169,11 @@ class MonitorSession:
                 " (server frozen or overloaded?)"
             )
         result = outcome.result()
+        if result == "started" and not client.boundjid.resource:
+            # slixmpp starts the session even when the server answered the bind request with an
+            # error; such a session has no address and receives nothing.
+            self._abort()
+            raise SessionError(f"the server refused resource binding for {xmpp.jid}: retrying")
         if result in ("started", "resumed"):
             return result == "resumed"
         self._abort()
@@ -178,7 +197,7 @@ class MonitorSession:
         self.backoff.connected()
         self.connected.set()
         self.store.observe("session", "up", ok=True)
-        self.acks.paused = False
+        self.acks.reattach()
         now = utc_now()
         self.store.set_state("session", "connected (resumed)" if resumed else "connected")
         self.store.set_state("connected_since", now)
@@ -187,15 +206,19 @@ class MonitorSession:
         sm = self.client.plugin["xep_0198"]
         if resumed:
             log.info("stream {} resumed at h={}", sm.sm_id, sm.handled)
-            self._subscribe_task = asyncio.ensure_future(self.recovery.report_resumption())
+            self.recovery.resumed()
+            self._subscribe_task = asyncio.ensure_future(self._after_resumption())
         else:
-            log.info("session started as {}", self.client.boundjid.full)
+            log.info("new session started as {}", self.client.boundjid.full)
+            self.recovery.new_session()
             # Offline messages are flushed only after initial presence, and a session that queries
             # the archive before it gets none: presence first, then subscriptions and catch-up.
             self.client.send_presence()
             self._subscribe_task = asyncio.ensure_future(self._after_new_session())
         generation = self.acks.generation
-        self._keepalive_task = asyncio.ensure_future(self.keepalive.run(lambda: generation == self.acks.generation))
+        self._keepalive_task = asyncio.ensure_future(
+            self.keepalive.run(lambda: generation == self.acks.generation, lambda: self.acks.paused)
+        )
 
     def _on_down(self) -> None:
         self.connected.clear()
@@ -218,6 +241,14 @@ class MonitorSession:
 
     def _on_session_end(self, _event: Any) -> None:
         self.acks.forget()
+
+    async def _after_resumption(self) -> None:
+        await self.recovery.report_resumption()
+        if self.recovery.pending:
+            # A catch-up was cut short (a dropped connection cancels it, a crash ends it): the
+            # resumed stream only brings what the server queued, not the rest of the archive.
+            log.info("a catch-up was interrupted: running it again on the resumed stream")
+            await self.recovery.catch_up()
 
     async def _after_new_session(self) -> None:
         # Catch-up must not wait for subscriptions: the service may be down for a long time while

@@ -12,6 +12,7 @@ import aiosqlite
 from agent.alerts import AlertRules
 from agent.events import HISTORY_KINDS, Event, utc_now
 from agent.store.alerts import apply_rules
+from agent.store.identity import Identity
 from agent.store.rows import (
     BUMP_COUNTER,
     INSERT_API,
@@ -51,7 +52,7 @@ class Commit:
     arrivals: list[float] = field(default_factory=list)
 
 
-async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batch) -> Commit:
+async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: Identity, batch: Batch) -> Commit:
     """Write one batch in one ``BEGIN IMMEDIATE`` transaction and commit it; roll back is the caller's."""
     events, quarantine = batch.events, batch.quarantine
     # Copies: a failed attempt is retried with the batch as it was, not with this attempt's additions.
@@ -72,11 +73,13 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batc
         else:
             upserts.setdefault(kind, []).append(state_row(event, received_at))
     await conn.execute("BEGIN IMMEDIATE")
+    received = len(history) + len(api)
+    history, restamped = await identity.split(conn, history, "events", 0, 3)
+    api, restamped_api = await identity.split(conn, api, "api_calls", 0, 2)
     appended = 0  # history and api rows really inserted: the rest were duplicates
     if history:
         cursor = await conn.executemany(INSERT_EVENT, history)
         appended += max(cursor.rowcount, 0)
-    api_total = len(api)
     if api:
         # Alerts count each call once: on a redelivery, count only the rows really inserted.
         await conn.execute("SAVEPOINT api")
@@ -91,12 +94,15 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batc
         await apply_rules(conn, rules, Counter((r[1], r[3], r[6]) for r in api))
     for kind, rows in upserts.items():
         await conn.executemany(UPSERT[kind], rows)
+    quarantined = 0
     if quarantine:
-        await conn.executemany(
-            INSERT_QUARANTINE,
-            [(q.reason, q.raw, q.sender, q.event_id, q.app, q.received_at) for q in quarantine],
-        )
-    duplicates = len(history) + api_total - appended
+        cursor = await conn.executemany(INSERT_QUARANTINE, [q.row() for q in quarantine])
+        quarantined = max(cursor.rowcount, 0)
+        counters["quarantined"] += quarantined
+        counters["quarantine_replays"] += len(quarantine) - quarantined
+    duplicates = received - appended
+    if restamped + restamped_api:
+        counters["events_restamped"] += restamped + restamped_api  # of the duplicates: same id, another ts
     if events:
         counters["events_received"] += len(events)
     if duplicates:
@@ -111,7 +117,8 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batc
         await conn.executemany(SET_STATE, [(k, v, now) for k, v in state.items()])
     await conn.commit()
     rules.committed()
-    return Commit(appended, sum(map(len, upserts.values())), duplicates, len(quarantine), time.perf_counter())
+    await identity.rotate(conn)
+    return Commit(appended, sum(map(len, upserts.values())), duplicates, quarantined, time.perf_counter())
 
 
 async def _new_api_rows(conn: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,10 @@ UPSERT = {
     "token": _upsert("tokens", ("app", "device_id"), ("token", "valid")),
     "push": _upsert("push_feedback", ("app", "device_id", "campaign_id"), ("action",)),
 }
-INSERT_QUARANTINE = "INSERT INTO quarantine (reason, raw, sender, event_id, app, received_at) VALUES (?, ?, ?, ?, ?, ?)"
+INSERT_QUARANTINE = (
+    "INSERT OR IGNORE INTO quarantine (reason, raw, sender, event_id, app, received_at, digest)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 BUMP_COUNTER = (
     "INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + excluded.value"
 )
@@ -48,6 +52,11 @@ class Quarantined:
     event_id: str | None
     app: str | None
     received_at: str
+
+    def row(self) -> tuple[str | None, ...]:
+        """The quarantine row; its digest (sender and raw text) makes a replay of the same event a no-op."""
+        digest = hashlib.blake2b(f"{self.sender}\n{self.raw}".encode(), digest_size=16).hexdigest()
+        return (self.reason, self.raw, self.sender, self.event_id, self.app, self.received_at, digest)
 
 
 def state_row(event: Event, received_at: str) -> tuple[Any, ...]:

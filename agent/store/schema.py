@@ -194,6 +194,18 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX export_jobs_state ON export_jobs (state, id);
         """,
     ),
+    (
+        4,
+        "quarantine de-duplication",
+        """
+        -- A replayed malformed event (offline, archive and resumption deliveries overlap by design)
+        -- is quarantined once: the digest of its sender and raw text is unique. Rows from before
+        -- this migration keep a digest of their own, so none of them is merged or lost.
+        ALTER TABLE quarantine ADD COLUMN digest TEXT;
+        UPDATE quarantine SET digest = 'legacy:' || id;
+        CREATE UNIQUE INDEX quarantine_digest ON quarantine (digest);
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
