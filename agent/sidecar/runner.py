@@ -130,7 +130,7 @@ class Sidecar:
         cfg = relay.cfg
         while not stop.is_set():
             # One batch per round: each confirmation is committed before the next batch is sent.
-            items = await self.outbox.due(name, limit=getattr(cfg, "max_batch", 100))
+            items = await self.outbox.due(name, limit=getattr(cfg, "max_batch", 100), policy=relay.order)
             if not items:
                 await self._sleep(stop, self.settings.sidecar.poll_seconds)
                 continue

@@ -1,8 +1,10 @@
 """The sidecar's side of the database (its outbox): its own connection, WAL and busy_timeout.
 
 Work per sink lives in ``delivery_state``: :meth:`Outbox.sync` takes the notifications a sink has
-not seen yet (above its ``sink_cursor``) as ``pending``; :meth:`Outbox.due` reads the ones whose
-``next_attempt_at`` has come; :meth:`Outbox.record` writes the attempts to ``deliveries`` and moves
+not seen yet (above its ``sink_cursor``) as ``pending`` (a sink seen for the first time takes only
+the latest notification of each firing alert); :meth:`Outbox.due` picks, per alert and in order,
+the ones to send now and marks the ones a later one replaces ``superseded``
+(``agent.store.sequencing``); :meth:`Outbox.record` writes the attempts to ``deliveries`` and moves
 each notification to ``delivered``, ``dead`` or a later ``next_attempt_at`` in one transaction.
 A notification is ``delivered`` only once its sink confirmed it, and that is committed before the
 next round, so a restart (kill -9 included) re-sends only what was not confirmed.
@@ -20,12 +22,16 @@ from typing import Any
 
 import aiosqlite
 import orjson
+from loguru import logger
 
 from agent.alerts import AlertRules, Observation
 from agent.config import AlertSettings
 from agent.events import iso
 from agent.store.alerts import apply_rules
 from agent.store.connection import open_writer
+from agent.store.sequencing import Pending, Policy, plan
+
+log = logger.bind(component="sidecar")
 
 
 @dataclass(slots=True)
@@ -101,7 +107,12 @@ class Outbox:
             await self._conn.commit()
 
     async def sync(self, sinks: Iterable[str]) -> int:
-        """Take notifications newer than each sink's cursor as pending; return how many."""
+        """Take notifications newer than each sink's cursor as pending; return how many.
+
+        A sink without a cursor is new: it takes the latest notification of each firing alert (the
+        current state of what is open) and nothing already resolved; its cursor is written at once,
+        even on an empty outbox, so it is new only once.
+        """
         now = iso(time.time())
         added = 0
         async with self._transaction() as conn:
@@ -110,15 +121,25 @@ class Outbox:
             for sink in sinks:
                 rows = list(await conn.execute_fetchall(
                     "SELECT last_id FROM sink_cursor WHERE sink = ?", (sink,)))  # fmt: skip
-                last = int(rows[0][0]) if rows else 0
-                if newest <= last:
+                if rows and newest <= int(rows[0][0]):
                     continue
-                cursor = await conn.execute(
-                    "INSERT OR IGNORE INTO delivery_state (sink, notification_id, state, attempts,"
-                    " next_attempt_at, updated_at) SELECT ?, id, 'pending', 0, ?, ? FROM notifications"
-                    " WHERE id > ? AND id <= ?",
-                    (sink, iso(0), now, last, newest),
-                )
+                if rows:
+                    cursor = await conn.execute(
+                        "INSERT OR IGNORE INTO delivery_state (sink, notification_id, state, attempts,"
+                        " next_attempt_at, updated_at) SELECT ?, id, 'pending', 0, ?, ? FROM notifications"
+                        " WHERE id > ? AND id <= ?",
+                        (sink, iso(0), now, int(rows[0][0]), newest),
+                    )
+                else:
+                    cursor = await conn.execute(
+                        "INSERT OR IGNORE INTO delivery_state (sink, notification_id, state, attempts,"
+                        " next_attempt_at, updated_at) SELECT ?, max(n.id), 'pending', 0, ?, ?"
+                        " FROM alerts a JOIN notifications n ON n.alert_id = a.id"
+                        " WHERE a.state = 'firing' AND n.id <= ? GROUP BY a.id",
+                        (sink, iso(0), now, newest),
+                    )
+                    log.info("sink {} is new: it gets the latest notification of the {} firing alert(s),"
+                             " not the {} older notification(s)", sink, max(cursor.rowcount, 0), newest)  # fmt: skip
                 added += max(cursor.rowcount, 0)
                 await conn.execute(
                     "INSERT INTO sink_cursor (sink, last_id, updated_at) VALUES (?, ?, ?)"
@@ -128,15 +149,35 @@ class Outbox:
                 )
         return added
 
-    async def due(self, sink: str, limit: int = 1000, now: float | None = None) -> list[Item]:
-        """Pending notifications of ``sink`` whose next attempt has come, oldest first."""
+    async def due(
+        self, sink: str, limit: int = 1000, now: float | None = None, policy: Policy = "ordered"
+    ) -> list[Item]:
+        """What ``sink`` should be sent now: per alert, the oldest notification left once the ones
+        ``policy`` lets a later one replace are marked superseded, if its next attempt has come."""
+        stamp = iso(time.time() if now is None else now)
+        async with self._lock:
+            rows = await self._conn.execute_fetchall(
+                "SELECT n.id, n.alert_id, n.transition, n.key, d.next_attempt_at"
+                " FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
+                " WHERE d.sink = ? AND d.state = 'pending'",
+                (sink,),
+            )
+        work = plan((Pending(*r) for r in rows), policy, stamp, limit)
+        if work.superseded:
+            async with self._transaction() as conn:
+                await conn.executemany(
+                    "UPDATE delivery_state SET state = 'superseded', reason = ?, updated_at = ?"
+                    " WHERE sink = ? AND notification_id = ? AND state = 'pending'",
+                    [(f"superseded by notification {by}", stamp, sink, nid) for nid, by in work.superseded],
+                )
+        if not work.due:
+            return []
         async with self._lock:
             rows = await self._conn.execute_fetchall(
                 "SELECT n.id, n.key, n.transition, n.alert, n.created_at, d.attempts"
                 " FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
-                " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
-                " ORDER BY n.id LIMIT ?",
-                (sink, iso(time.time() if now is None else now), limit),
+                f" WHERE d.sink = ? AND n.id IN ({', '.join('?' * len(work.due))}) ORDER BY n.id",
+                (sink, *work.due),
             )
         return [Item(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5]) for r in rows]
 

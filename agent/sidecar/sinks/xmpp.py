@@ -18,6 +18,7 @@ from slixmpp import JID, ClientXMPP
 from agent.config import Settings, XmppSink
 from agent.sidecar.http import Round
 from agent.store.outbox import Attempt, Item
+from agent.store.sequencing import Policy
 
 log = logger.bind(component="sidecar")
 
@@ -39,6 +40,9 @@ def text(message: dict[str, Any]) -> str:
 
 class XmppRelay:
     """One slixmpp client kept connected; :meth:`deliver` waits for acks or receipts."""
+
+    #: People read these: every transition, in order (a pending repeat may be superseded).
+    order: Policy = "ordered"
 
     def __init__(self, name: str, cfg: XmppSink, settings: Settings) -> None:
         self.name, self.cfg, self.settings = name, cfg, settings
