@@ -24,7 +24,7 @@ from agent.sidecar.http import Round
 from agent.sidecar.instrumentation import InstrumentedClient
 from agent.sidecar.sinks.alertmanager import AlertmanagerRelay
 from agent.sidecar.sinks.webhook import WebhookRelay
-from agent.sidecar.sinks.xmpp import XmppRelay
+from agent.sidecar.sinks.xmpp import XmppRelay, check_account
 from agent.store.outbox import Outbox
 from agent.systemd import Notifier, stop_on_signals, watchdog_interval
 
@@ -157,6 +157,9 @@ class Sidecar:
 async def run_sidecar(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``)."""
     stop = stop_on_signals(stop)
+    for name, cfg in settings.sidecar.named_sinks():
+        if isinstance(cfg, XmppSink):
+            check_account(name, cfg, settings)  # before anything is opened: one line, exit code 2
     outbox = await Outbox.open(settings.store.path, settings.alerts, settings.store.busy_timeout_ms)
     sidecar = Sidecar(settings, outbox)
     try:

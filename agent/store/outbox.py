@@ -138,8 +138,9 @@ class Outbox:
                         " WHERE a.state = 'firing' AND n.id <= ? GROUP BY a.id",
                         (sink, iso(0), now, newest),
                     )
-                    log.info("sink {} is new: it gets the latest notification of the {} firing alert(s),"
-                             " not the {} older notification(s)", sink, max(cursor.rowcount, 0), newest)  # fmt: skip
+                    if newest:
+                        log.info("sink {} is new: it gets the latest notification of the {} firing alert(s),"
+                                 " not the whole outbox", sink, max(cursor.rowcount, 0))  # fmt: skip
                 added += max(cursor.rowcount, 0)
                 await conn.execute(
                     "INSERT INTO sink_cursor (sink, last_id, updated_at) VALUES (?, ?, ?)"
