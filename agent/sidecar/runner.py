@@ -4,7 +4,9 @@ The watch loop takes new notifications into each sink's work (:meth:`Outbox.sync
 man's switch (the agent's ``heartbeat`` row older than ``sidecar.agent_down_after`` raises
 ``agent_down``; a fresh one resolves it) and re-posts firing alerts to Alertmanager. A sink that
 answers 401/403 raises ``sink_failing`` (its name in the ``api`` field), which the other sinks
-deliver; its first success afterwards resolves it.
+deliver; its first success afterwards resolves it. A notification a sink dead-letters raises
+``dead_letter`` (warning, the sink in ``api``), which resolves after its class's ``quiet_seconds``
+without a new one; the sidecar's alerts are swept (quiet, repeats) while any of them fires.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import httpx
 from loguru import logger
@@ -25,7 +28,7 @@ from agent.sidecar.instrumentation import InstrumentedClient
 from agent.sidecar.sinks.alertmanager import AlertmanagerRelay
 from agent.sidecar.sinks.webhook import WebhookRelay
 from agent.sidecar.sinks.xmpp import XmppRelay, check_account
-from agent.store.outbox import Outbox
+from agent.store.outbox import Attempt, Outbox
 from agent.systemd import Notifier, stop_on_signals, watchdog_interval
 
 log = logger.bind(component="sidecar")
@@ -40,6 +43,8 @@ class Sidecar:
         self.relays: dict[str, Relay] = {}
         self._clients: list[httpx.AsyncClient] = []
         self.failing: set[str] = set()
+        #: Sinks whose dead_letter alert fires.
+        self.dead_letters: set[str] = set()
         self.agent_down = False
         self.started = time.time()
         self.notifier = Notifier()
@@ -72,6 +77,8 @@ class Sidecar:
         for name in self.relays:
             if await self.outbox.is_firing("sink_failing", name):
                 self.failing.add(name)
+            if await self.outbox.is_firing("dead_letter", name):
+                self.dead_letters.add(name)
         log.info("sidecar {} relaying to {}", __version__, ", ".join(self.relays) or "no sink")
         self.notifier.ready(f"relaying to {', '.join(self.relays) or 'no sink'}")
         async with asyncio.TaskGroup() as tasks:
@@ -88,6 +95,7 @@ class Sidecar:
         interval = watchdog_interval()
         while not stop.is_set():
             await self.check_heartbeat()
+            await self._sweep()
             await self.outbox.sync(self.relays)
             # This loop reading the database every poll_seconds is what proves the sidecar alive.
             mono = time.monotonic()
@@ -109,6 +117,13 @@ class Sidecar:
                         await relay.repost(await self.outbox.firing())
                 last_repost = now
             await self._sleep(stop, self.settings.sidecar.poll_seconds)
+
+    async def _sweep(self) -> None:
+        """While one of the sidecar's alerts fires, let its rules run: quiet resolution, repeats."""
+        if not (self.dead_letters or self.failing or self.agent_down) or not self.outbox.alerts.sweep_due():
+            return
+        await self.outbox.observe([])
+        self.dead_letters = {name for name in self.dead_letters if await self.outbox.is_firing("dead_letter", name)}
 
     async def check_heartbeat(self) -> None:
         """The dead man's switch."""
@@ -150,8 +165,24 @@ class Sidecar:
             self.failing.discard(name)
             log.info("sink {} works again", name)
             await self.outbox.observe([Observation("sidecar", "sink_failing", api=name, ok=True)])
-        if rnd.failing or rnd.delivered:
+        # Its own dead_letter notifications rejected by the same sink do not count: no feedback loop.
+        dead = [a for a in rnd.dead if not _about_sink(a.item.alert, name)]
+        if dead:
+            await self.outbox.observe([Observation("sidecar", "dead_letter", api=name, detail=_dead(a))
+                                       for a in dead])  # fmt: skip
+            self.dead_letters.add(name)
+        if rnd.failing or rnd.delivered or dead:
             await self.outbox.sync(self.relays)
+
+
+def _about_sink(alert: dict[str, Any], sink: str) -> bool:
+    return alert.get("source") == "sidecar" and alert.get("code") == "dead_letter" and alert.get("api") == sink
+
+
+def _dead(attempt: Attempt) -> str:
+    a, item = attempt.item.alert, attempt.item
+    what = " ".join(str(p) for p in (a.get("source"), a.get("code"), a.get("app"), a.get("api")) if p)
+    return f"notification {item.key} ({item.transition} {what}): {attempt.error}"
 
 
 async def run_sidecar(settings: Settings, stop: asyncio.Event | None = None) -> None:
