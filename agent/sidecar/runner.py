@@ -65,10 +65,12 @@ class Sidecar:
         self._locks = {name: asyncio.Lock() for name in self.relays}
 
     async def close(self) -> None:
-        for relay in self.relays.values():
+        for name, relay in self.relays.items():
             if isinstance(relay, XmppRelay):
-                with contextlib.suppress(Exception):
+                try:
                     await relay.close()
+                except Exception as exc:  # stopping goes on: the server drops the session itself
+                    log.warning("sink {}: closing the XMPP connection failed: {}: {}", name, type(exc).__name__, exc)
         for client in self._clients:
             await client.aclose()
 
