@@ -63,6 +63,8 @@ class Sidecar:
             else:
                 self.relays[name] = AlertmanagerRelay(name, cfg, http)
         self._locks = {name: asyncio.Lock() for name in self.relays}
+        #: Each sink's delivery policy (agent.store.sequencing): what a later notification replaces.
+        self.orders = {name: relay.order for name, relay in self.relays.items()}
 
     async def close(self) -> None:
         for name, relay in self.relays.items():
@@ -98,7 +100,7 @@ class Sidecar:
         while not stop.is_set():
             await self.check_heartbeat()
             await self._sweep()
-            await self.outbox.sync(self.relays)
+            await self.outbox.sync(self.orders)
             # This loop reading the database every poll_seconds is what proves the sidecar alive.
             mono = time.monotonic()
             if interval and mono - last_ping >= interval:
@@ -147,7 +149,7 @@ class Sidecar:
         cfg = relay.cfg
         while not stop.is_set():
             # One batch per round: each confirmation is committed before the next batch is sent.
-            items = await self.outbox.due(name, limit=getattr(cfg, "max_batch", 100), policy=relay.order)
+            items = await self.outbox.due(name, limit=getattr(cfg, "max_batch", 100))
             if not items:
                 await self._sleep(stop, self.settings.sidecar.poll_seconds)
                 continue
@@ -174,7 +176,7 @@ class Sidecar:
                                        for a in dead])  # fmt: skip
             self.dead_letters.add(name)
         if rnd.failing or rnd.delivered or dead:
-            await self.outbox.sync(self.relays)
+            await self.outbox.sync(self.orders)
 
 
 def _about_sink(alert: dict[str, Any], sink: str) -> bool:

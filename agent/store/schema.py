@@ -196,11 +196,17 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
     ),
     (
         8,
-        "notifications indexed by alert",
+        "delivery order per alert: delivery_state.alert_id, indexes",
         """
-        -- The sidecar reads the latest notification of each firing alert (a new sink's start, the
-        -- Alertmanager re-posts): without this, one scan of the whole outbox per alert.
-        -- IF NOT EXISTS and nothing but an index on migration 2's table: independent of 4-7.
+        -- Per sink and alert, the sidecar sends the oldest pending notification first and marks
+        -- 'superseded' what a later one replaces (agent/store/sequencing.py): both look up a sink's
+        -- pending notifications of one alert, so the alert is kept beside them and indexed.
+        -- Only migration 2's tables are touched: independent of migrations 4-7.
+        ALTER TABLE delivery_state ADD COLUMN alert_id INTEGER;
+        UPDATE delivery_state SET alert_id = (SELECT alert_id FROM notifications WHERE id = notification_id);
+        CREATE INDEX IF NOT EXISTS delivery_state_alert ON delivery_state (sink, state, alert_id, notification_id);
+        CREATE INDEX IF NOT EXISTS delivery_state_order ON delivery_state (sink, state, notification_id);
+        -- The latest notification of each firing alert (a new sink's start, Alertmanager re-posts).
         CREATE INDEX IF NOT EXISTS notifications_alert ON notifications (alert_id, id);
         """,
     ),

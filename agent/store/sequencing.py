@@ -1,13 +1,13 @@
-"""Per sink and alert, in order: which pending notifications go in the next round, and which are superseded.
+"""Per sink and alert, in order: which pending notification goes next, and which a later one supersedes.
 
-Pure: the outbox reads a sink's pending rows, asks :func:`plan`, marks the superseded ones and reads the
-chosen ones. Two rules hold for every sink:
+Two rules hold for every sink:
 
 * **one at a time per alert**: only the oldest pending notification of an alert can be sent, and only
-  once its own ``next_attempt_at`` has come. A parked ``firing`` therefore holds back the ``resolved``
-  that followed it, and a round never carries two notifications of one alert (a 207 or a split batch
-  could otherwise confirm the later one and fail the earlier);
-* **replace what the sink allows** (the sink's :data:`Policy`):
+  once its own ``next_attempt_at`` has come (:data:`DUE`). A parked ``firing`` therefore holds back
+  the ``resolved`` that followed it, and a round never carries two notifications of one alert (a 207
+  or a split batch could otherwise confirm the later one and fail the earlier);
+* **replace what the sink allows** (:func:`supersede`, run when new notifications are taken, with the
+  sink's :data:`Policy`):
 
   - ``latest`` (Alertmanager, which keeps only an alert's current state): every pending notification
     of an alert but the newest is superseded, so the newest goes at once, even past a parked one;
@@ -15,52 +15,49 @@ chosen ones. Two rules hold for every sink:
     order; only a pending ``repeat`` (a reminder that the alert still fires, with a newer count) is
     superseded when a later notification of the same alert is pending.
 
-A superseded notification is final, like ``delivered`` and ``dead``: it is never sent to that sink.
+A superseded notification is final, like ``delivered`` and ``dead``: it is never sent to that sink
+(an attempt in flight when it was superseded may still end ``delivered``; one that fails stays
+superseded). ``delivery_state.alert_id`` (migration 8) and its indexes make both a few index seeks
+per notification, not a scan of the outbox per round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 Policy = Literal["ordered", "latest"]
 
+#: Pending, due, and no older pending notification of the same alert; oldest first.
+DUE: Final = (
+    "SELECT n.id, n.key, n.transition, n.alert, n.created_at, d.attempts"
+    # INDEXED BY: the primary key would also give this order, but through every delivered row kept.
+    " FROM delivery_state d INDEXED BY delivery_state_order JOIN notifications n ON n.id = d.notification_id"
+    " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
+    " AND NOT EXISTS (SELECT 1 FROM delivery_state e WHERE e.sink = d.sink AND e.state = 'pending'"
+    " AND e.alert_id = d.alert_id AND e.notification_id < d.notification_id)"
+    " ORDER BY d.notification_id LIMIT ?"
+)
 
-@dataclass(frozen=True, slots=True)
-class Pending:
-    """One pending (sink, notification) row, without the alert's snapshot."""
-
-    id: int
-    alert_id: int
-    transition: str
-    key: str
-    next_attempt_at: str  # RFC 3339 UTC, fixed width, so strings compare as times
-
-
-@dataclass(slots=True)
-class Plan:
-    """The notifications to send now (ids, oldest first) and those superseded: (id, key of the newest)."""
-
-    due: list[int] = field(default_factory=list)
-    superseded: list[tuple[int, str]] = field(default_factory=list)
+_LATER: Final = (
+    "SELECT {what} FROM delivery_state e WHERE e.sink = delivery_state.sink AND e.state = 'pending'"
+    " AND e.alert_id = delivery_state.alert_id"
+)
 
 
-def plan(pending: Iterable[Pending], policy: Policy, now: str, limit: int) -> Plan:
-    """Apply the rules above to one sink's pending rows; ``now`` in the same format as ``next_attempt_at``."""
-    queues: dict[int, list[Pending]] = {}
-    for row in sorted(pending, key=lambda p: p.id):
-        queues.setdefault(row.alert_id, []).append(row)
-    out = Plan()
-    for queue in queues.values():
-        newest = queue[-1]
-        # 'latest' keeps the newest alone; 'ordered' drops only the repeats that are not the newest.
-        keep = [newest] if policy == "latest" else [p for p in queue if p.transition != "repeat" or p is newest]
-        kept = {p.id for p in keep}
-        out.superseded.extend((p.id, newest.key) for p in queue if p.id not in kept)
-        head = keep[0]
-        if head.next_attempt_at <= now:
-            out.due.append(head.id)
-    out.due.sort()
-    del out.due[limit:]
-    return out
+def supersede(policy: Policy) -> str:
+    """The UPDATE marking what ``policy`` lets a later pending notification replace; params: now, sink.
+
+    The reason names the newest pending notification of the alert, which is never superseded itself.
+    """
+    newest = _LATER.format(what="max(e.notification_id)")
+    later = _LATER.format(what="1") + " AND e.notification_id > delivery_state.notification_id"
+    repeat = (
+        " AND (SELECT transition FROM notifications WHERE id = delivery_state.notification_id) = 'repeat'"
+        if policy == "ordered"
+        else ""
+    )
+    return (
+        "UPDATE delivery_state SET state = 'superseded', updated_at = ?,"
+        f" reason = 'superseded by notification ' || (SELECT key FROM notifications WHERE id = ({newest}))"
+        f" WHERE sink = ? AND state = 'pending' AND EXISTS ({later}){repeat}"
+    )

@@ -115,6 +115,11 @@ async def test_new_sink_gets_the_open_alerts_only_and_an_existing_sink_everythin
     assert query(path, "SELECT app, state FROM alerts ORDER BY app") == [
         ("also", "firing"), ("gone", "resolved"), ("open", "firing")]  # fmt: skip
     assert query(path, "SELECT count(*) FROM deliveries WHERE sink = 'new'") == [(2,)]
+    assert query(path, "SELECT count(*) FROM deliveries WHERE sink = 'old' AND status = 'delivered'") == [
+        (len(expected),)
+    ]
+    newest = query(path, "SELECT max(id) FROM notifications")[0][0]
+    assert query(path, "SELECT sink, last_id FROM sink_cursor ORDER BY sink") == [("new", newest), ("old", newest)]
 
 
 async def test_sink_that_started_on_an_empty_outbox_is_not_new_later(tmp_path: Path) -> None:
@@ -135,7 +140,9 @@ async def test_sink_that_started_on_an_empty_outbox_is_not_new_later(tmp_path: P
         http.clear()
     got = [(m["alert"]["app"], m["transition"]) for msgs, _, _ in rec.requests for m in msgs]
     assert got == [("shop", "firing"), ("shop", "resolved")]
-    assert set(states(path).values()) == {"delivered"}
+    assert set(states(path).values()) == {"delivered"} and len(states(path)) == 2
+    assert query(path, "SELECT status, count(*) FROM deliveries GROUP BY status") == [("delivered", 2)]
+    assert query(path, "SELECT app, state FROM alerts") == [("shop", "resolved")]
 
 
 # -- defect 7: order per alert --------------------------------------------------------------------
@@ -200,6 +207,7 @@ async def test_webhook_a_parked_firing_is_never_sent_after_its_resolution(tmp_pa
     assert query(path, "SELECT status FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
                  " WHERE n.key = ?", resolved) == [("delivered",)]  # fmt: skip
     assert query(path, "SELECT state FROM alerts WHERE app = 'shop'") == [("resolved",)]
+    assert [t for (_a, _c, t) in notes(path).values()] == ["firing", "resolved"]
 
 
 async def test_webhook_a_pending_repeat_is_superseded_by_the_next_transition(tmp_path: Path) -> None:
@@ -230,6 +238,11 @@ async def test_webhook_a_pending_repeat_is_superseded_by_the_next_transition(tmp
     repeat_keys = [k for k, (_a, _c, t) in notes(path).items() if t == "repeat"]
     assert {result[k] for k in repeat_keys} == {"superseded"}
     assert (result[firing], result[resolved]) == ("delivered", "delivered")
+    assert query(path, "SELECT state FROM alerts WHERE app = 'shop'") == [("resolved",)]
+    marks = ",".join("?" * len(repeat_keys))
+    tried = query(path, "SELECT DISTINCT d.status FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+                  f" WHERE n.key IN ({marks})", *repeat_keys)  # fmt: skip
+    assert tried == [("retry",)], "a repeat was tried and failed, and never delivered"
     # Each superseded repeat names a later notification of its alert; the last one names the resolution.
     ids = {k: n for n, k in query(path, "SELECT id, key FROM notifications")}
     for key in repeat_keys:
@@ -286,4 +299,8 @@ async def test_alertmanager_gets_the_latest_state_and_never_reopens(
     assert am_active(url, "shop") == [], "Alertmanager has the alert active again after its resolution"
     assert [firing] not in forwarded and forwarded[-1] == [resolved]
     assert states(path, "alertmanager") == {firing: "superseded", resolved: "delivered"}
+    story = query(path, "SELECT n.key, d.status FROM deliveries d JOIN notifications n ON n.id = d.notification_id"
+                  " ORDER BY d.id")  # fmt: skip
+    assert story == [(firing, "retry"), (resolved, "delivered")]
+    assert [t for (_a, _c, t) in notes(path).values()] == ["firing", "resolved"]
     assert query(path, "SELECT state FROM alerts WHERE app = 'shop'") == [("resolved",)]
