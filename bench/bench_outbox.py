@@ -17,12 +17,12 @@ from pathlib import Path
 from loguru import logger
 
 from agent.config import AlertRule, AlertSettings, StoreSettings
-from agent.events import parse_event
+from agent.events import Event, parse_event
 from agent.store import Store
 from agent.store.outbox import Attempt, Outbox
 
 
-def event(i: int, status: int):  # type: ignore[no-untyped-def]
+def event(i: int, status: int) -> Event:
     return parse_event(
         {"id": f"e{i}-{status}", "kind": "api", "app": f"app{i}", "ts": "2026-11-22T10:00:00.000Z"},
         f'{{"api":"reach","status":{status}}}',
