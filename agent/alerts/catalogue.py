@@ -157,9 +157,9 @@ CATALOGUE: Final[dict[str, Status]] = {
         _S(
             "dead_letter",
             "a sink rejected a notification for good",
-            "relay",
+            "delivery",
             "warning",
-            "read the reason in the deliveries table",
+            "read the reason in delivery_state and deliveries (sink = the alert's api)",
         ),
     )
 }
@@ -191,6 +191,9 @@ DEFAULT_RULES: Final[dict[str, AlertRule]] = {
     "disconnected": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
     "relay": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
     "storage": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
+    # dead_letter: nothing reports "fixed", so it resolves after an hour without a new dead letter on
+    # that sink; the hold keeps a sink's recovery from sink_failing from resolving it sooner.
+    "delivery": _R(threshold=1, resolve_hold_seconds=3600, quiet_seconds=3600),
 }
 
 

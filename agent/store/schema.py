@@ -206,6 +206,21 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE UNIQUE INDEX quarantine_digest ON quarantine (digest);
         """,
     ),
+    (
+        5,
+        "delivery order per alert: delivery_state.alert_id, indexes",
+        """
+        -- Per sink and alert, the sidecar sends the oldest pending notification first and marks
+        -- 'superseded' what a later one replaces (agent/store/sequencing.py): both look up a sink's
+        -- pending notifications of one alert, so the alert is kept beside them and indexed.
+        ALTER TABLE delivery_state ADD COLUMN alert_id INTEGER;
+        UPDATE delivery_state SET alert_id = (SELECT alert_id FROM notifications WHERE id = notification_id);
+        CREATE INDEX IF NOT EXISTS delivery_state_alert ON delivery_state (sink, state, alert_id, notification_id);
+        CREATE INDEX IF NOT EXISTS delivery_state_order ON delivery_state (sink, state, notification_id);
+        -- The latest notification of each firing alert (a new sink's start, Alertmanager re-posts).
+        CREATE INDEX IF NOT EXISTS notifications_alert ON notifications (alert_id, id);
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -61,9 +61,15 @@ class WriterHealth:
 
 
 async def _session_state(store: Store) -> str:
+    """The stored session state, or "" when it cannot be read (logged with the reason; the log's
+    repeat filter shows an identical line once per window)."""
     try:
         state = await asyncio.wait_for(store.read_state(), 2.0)
-    except Exception:
+    except TimeoutError:
+        log.warning("cannot read the session state for READY: the database did not answer within 2 s")
+        return ""
+    except Exception as exc:  # READY must not depend on it: without a state, the timeout decides
+        log.warning("cannot read the session state for READY: {}: {}", type(exc).__name__, exc)
         return ""
     return state.get("session") or ""
 
