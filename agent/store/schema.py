@@ -194,6 +194,53 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX export_jobs_state ON export_jobs (state, id);
         """,
     ),
+    (
+        7,
+        "exports to Azure Storage (progress, request log), schema drift",
+        """
+        -- Progress while a job runs, polled by `xmppmon export status`.
+        ALTER TABLE export_jobs ADD COLUMN rows_total INTEGER;
+        ALTER TABLE export_jobs ADD COLUMN rows_done INTEGER;
+        ALTER TABLE export_jobs ADD COLUMN bytes_total INTEGER;
+        ALTER TABLE export_jobs ADD COLUMN bytes_done INTEGER;
+        -- Azure destinations: the local copy being uploaded (kept until the job succeeds, so
+        -- `export resume` re-stages only missing blocks), and the last request's ids (seed 001).
+        ALTER TABLE export_jobs ADD COLUMN spool TEXT;
+        ALTER TABLE export_jobs ADD COLUMN request_id TEXT;         -- x-ms-request-id received
+        ALTER TABLE export_jobs ADD COLUMN client_request_id TEXT;  -- x-ms-client-request-id sent
+
+        -- Every request an export sent to Azure Storage, with its instrumentation (seed 001).
+        CREATE TABLE export_requests (
+            id                INTEGER PRIMARY KEY,
+            job_id            INTEGER NOT NULL REFERENCES export_jobs (id),
+            operation         TEXT NOT NULL,   -- stage_block, commit_block_list, upload_manifest, ...
+            blob              TEXT,            -- blob name, relative to the container
+            block             INTEGER,         -- block number for stage_block
+            attempt           INTEGER NOT NULL,
+            http_status       INTEGER,
+            error_code        TEXT,            -- x-ms-error-code, or the network error's class
+            request_id        TEXT,            -- x-ms-request-id
+            client_request_id TEXT NOT NULL,   -- x-ms-client-request-id sent
+            started_at        TEXT NOT NULL,
+            latency_ms        REAL
+        );
+        CREATE INDEX export_requests_job ON export_requests (job_id, id);
+
+        -- Values outside the contract's known sets (a push action, a tag value's shape), each
+        -- recorded once: the event itself is stored as received. One alert per new value.
+        CREATE TABLE schema_drift (
+            kind       TEXT NOT NULL,   -- push, tag
+            field      TEXT NOT NULL,   -- action, value
+            value      TEXT NOT NULL,   -- as received (a shape such as 'object' for tag values)
+            app        TEXT NOT NULL,   -- where it was first seen
+            event_id   TEXT NOT NULL,
+            first_seen TEXT NOT NULL,
+            last_seen  TEXT NOT NULL,
+            count      INTEGER NOT NULL,
+            PRIMARY KEY (kind, field, value)
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]
