@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from typing import Final
 
 import aiosqlite
+from loguru import logger
 
 from agent.alerts import AlertRules, Observation
 from agent.events import Event
+
+log = logger.bind(component="store")
 
 MAX_VALUES: Final = 20
 _UPDATE: Final = "UPDATE schema_drift SET count = count + ?, last_seen = ? WHERE kind = ? AND field = ? AND value = ?"
@@ -84,6 +87,7 @@ async def record_drift(conn: aiosqlite.Connection, rules: AlertRules | None, see
         new.append(s)
         if rules is not None:
             rules.observe(s.observation())
+            log.bind(app=s.app, event_id=s.event_id).warning("schema drift: {}", s.observation().detail)
     return new
 
 
