@@ -315,3 +315,16 @@ async def test_background_run_keeps_the_token_off_command_lines(azurite: Azurite
         secret_free(db, sas)
     finally:
         proxy.stop()
+
+
+async def test_token_from_a_credential_file(azurite: AzuriteServer, tmp_path: Path) -> None:
+    """With systemd's LoadCredential= (a file azure__sas in $CREDENTIALS_DIRECTORY) the URL needs no query."""
+    db = await make_db(tmp_path / "m.db", rows=5)
+    name = container(azurite)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "azure__sas").write_text(azurite.sas(name) + "\n")
+    done = cli(db, *history(azurite.container_url(name)), CREDENTIALS_DIRECTORY=str(credentials))
+    assert done.returncode == 0, done.stderr
+    assert "history/event/1/manifest.json" in azurite.blobs(name)
+    secret_free(db, azurite.sas(name))
