@@ -139,6 +139,13 @@ CATALOGUE: Final[dict[str, Status]] = {
             "critical",
             "free space on the database's filesystem or release the lock; events wait on the server",
         ),
+        _S(
+            "schema_drift",
+            "a Monitor API event carried a value outside the contract's known set (stored as received)",
+            "drift",
+            "warning",
+            "check the upstream's change and its consumers: SELECT * FROM schema_drift",
+        ),
         # Raised by the sidecar itself.
         _S(
             "agent_down",
@@ -194,6 +201,9 @@ DEFAULT_RULES: Final[dict[str, AlertRule]] = {
     # dead_letter: nothing reports "fixed", so it resolves after an hour without a new dead letter on
     # that sink; the hold keeps a sink's recovery from sink_failing from resolving it sooner.
     "delivery": _R(threshold=1, resolve_hold_seconds=3600, quiet_seconds=3600),
+    # One notification per new value (the store observes a value only the first time): firing for
+    # a day, then resolved, never repeated.
+    "drift": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=86400, repeat_seconds=30 * 86400),
 }
 
 

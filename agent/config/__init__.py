@@ -4,6 +4,7 @@
 sections; ``relay`` alert rules, the sidecar and its sinks.
 """
 
+from agent.config.azure import AzureSettings
 from agent.config.relay import (
     AlertmanagerSink,
     AlertRule,
@@ -33,6 +34,7 @@ __all__ = [
     "AlertSettings",
     "AlertmanagerSink",
     "AppCredentials",
+    "AzureSettings",
     "ExportSettings",
     "KeepaliveSettings",
     "LogSettings",

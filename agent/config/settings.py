@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.config.azure import AzureSettings
 from agent.config.relay import AlertSettings, SidecarSettings
 from agent.config.sections import (
     ExportSettings,
@@ -54,6 +55,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -12,6 +12,7 @@ import aiosqlite
 from agent.alerts import AlertRules
 from agent.events import HISTORY_KINDS, Event, utc_now
 from agent.store.alerts import apply_rules
+from agent.store.drift import record_drift, sightings
 from agent.store.identity import Identity
 from agent.store.rows import (
     BUMP_COUNTER,
@@ -21,7 +22,7 @@ from agent.store.rows import (
     SET_STATE,
     UPSERT,
     Quarantined,
-    state_row,
+    state_rows,
 )
 
 
@@ -60,6 +61,7 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: I
     history: list[tuple[Any, ...]] = []
     api: list[tuple[Any, ...]] = []
     upserts: dict[str, list[tuple[Any, ...]]] = {}
+    drifted: list[tuple[Event, str]] = []
     for event, received_at in events:
         kind, p = event.kind, event.payload
         if kind in HISTORY_KINDS:
@@ -71,11 +73,15 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: I
                 event.text, received_at,
             ))  # fmt: skip
         else:
-            upserts.setdefault(kind, []).append(state_row(event, received_at))
+            upserts.setdefault(kind, []).extend(state_rows(event, received_at))
+            if event.drift:
+                drifted.append((event, received_at))
     await conn.execute("BEGIN IMMEDIATE")
     received = len(history) + len(api)
     history, restamped = await identity.split(conn, history, "events", 0, 3)
     api, restamped_api = await identity.split(conn, api, "api_calls", 0, 2)
+    if drifted:  # before the rules: a new value's alert is evaluated in this transaction
+        await record_drift(conn, rules, sightings(drifted, counters))
     appended = 0  # history and api rows really inserted: the rest were duplicates
     if history:
         cursor = await conn.executemany(INSERT_EVENT, history)

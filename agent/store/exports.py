@@ -5,7 +5,8 @@ The job row is the one thing an export writes: the exporting process is a separa
 few single-statement updates. The agent's writer commits in milliseconds, so the two only ever
 wait for each other briefly; the agent never touches the table. The data is read through a
 read-only connection inside one read transaction (WAL gives it a consistent snapshot and never
-blocks the writer), in chunks, so memory stays constant whatever the size.
+blocks the writer), in chunks, so memory stays constant whatever the size. An export to Azure
+Storage also logs every request it sends (``export_requests``, seed 001's instrumentation).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,24 @@ class Job:
     created_at: str = ""
     started_at: str | None = None
     finished_at: str | None = None
+    rows_total: int | None = None
+    rows_done: int | None = None
+    bytes_total: int | None = None
+    bytes_done: int | None = None
+    spool: str | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> Job:
+        """From a row; columns another version added are ignored, so old and new code read one table."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: row[k] for k in row.keys() if k in known})  # noqa: SIM118 - a Row iterates values
+
+    @property
+    def to_container(self) -> bool:
+        """True when the destination is an Azure Storage container URL (stored without its SAS)."""
+        return self.destination.startswith(("https://", "http://"))
 
     @property
     def stem(self) -> str:
@@ -101,14 +120,17 @@ def create_job(
     db: Path,
     type_: str,
     data: str,
-    destination: Path,
+    destination: Path | str,
     *,
     from_ts: str | None = None,
     to_ts: str | None = None,
     csv_too: bool = False,
     busy_timeout_ms: int = 30_000,
 ) -> int:
-    """Validate the request and insert a ``queued`` job; return its id."""
+    """Validate the request and insert a ``queued`` job; return its id.
+
+    ``destination`` is a folder, or a container URL as a string, already stripped of its SAS token.
+    """
     if type_ == "snapshot" and data not in SNAPSHOTS:
         raise ExportError(f"unknown snapshot {data!r}: choose one of {', '.join(SNAPSHOTS)}")
     if type_ == "history":
@@ -127,7 +149,7 @@ def create_job(
             "INSERT INTO export_jobs (type, data, from_ts, to_ts, formats, destination, state,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
             (type_, data, from_ts, to_ts, "jsonl,csv" if csv_too else "jsonl",
-             str(destination.resolve()), utc_now()),
+             destination if isinstance(destination, str) else str(destination.resolve()), utc_now()),
         )  # fmt: skip
         return int(cursor.lastrowid or 0)
     except sqlite3.OperationalError as exc:
@@ -150,7 +172,7 @@ def list_jobs(db: Path, job_id: int | None = None) -> list[Job]:
         raise ExportError(f"cannot read export jobs from {db}: {exc}") from None
     finally:
         conn.close()
-    return [Job(**dict(row)) for row in rows]
+    return [Job.of(row) for row in rows]
 
 
 def get_job(db: Path, job_id: int) -> Job:
@@ -174,6 +196,54 @@ def claim_job(db: Path, busy_timeout_ms: int, job_id: int) -> bool:
         return cursor.rowcount == 1
     finally:
         conn.close()
+
+
+def reclaim_job(db: Path, busy_timeout_ms: int, job: Job) -> bool:
+    """Move a failed job (or one left running by a dead process) back to ``running`` for this process.
+
+    Compare-and-set on the state and pid read before: two resumes cannot both win.
+    """
+    conn = _writer(db, busy_timeout_ms)
+    try:
+        cursor = conn.execute(
+            "UPDATE export_jobs SET state = 'running', pid = ?, error = NULL, finished_at = NULL"
+            " WHERE id = ? AND state = ? AND pid IS ?",
+            (os.getpid(), job.id, job.state, job.pid),
+        )
+        return cursor.rowcount == 1
+    finally:
+        conn.close()
+
+
+class RequestLog:
+    """Appends the rows of ``export_requests`` for one job, each insert its own short transaction."""
+
+    COLUMNS = ("operation", "blob", "block", "attempt", "http_status", "error_code", "request_id",
+               "client_request_id", "started_at", "latency_ms")  # fmt: skip
+
+    def __init__(self, db: Path, busy_timeout_ms: int, job_id: int) -> None:
+        self.job_id = job_id
+        self._conn = _writer(db, busy_timeout_ms)
+
+    def add(self, **values: Any) -> None:
+        names = ", ".join(self.COLUMNS)
+        self._conn.execute(
+            f"INSERT INTO export_requests (job_id, {names}) VALUES (?{', ?' * len(self.COLUMNS)})",
+            (self.job_id, *(values.get(name) for name in self.COLUMNS)),
+        )
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def requests_of(db: Path, job_id: int) -> list[dict[str, Any]]:
+    """The requests a job sent, in order."""
+    conn = connect_readonly(db)
+    try:
+        rows = conn.execute("SELECT * FROM export_requests WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+    finally:
+        conn.close()
+    return [dict(row) for row in rows]
 
 
 def _query(job: Job) -> tuple[str, tuple[Any, ...], tuple[str, ...], frozenset[str]]:

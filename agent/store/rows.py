@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from agent.events import Event, dumps_value
+from agent.events import Event, dumps_value, tag_values
 
 INSERT_EVENT = "INSERT OR IGNORE INTO events (event_id, app, kind, ts, payload, received_at) VALUES (?, ?, ?, ?, ?, ?)"
 INSERT_API = (
@@ -70,3 +70,12 @@ def state_row(event: Event, received_at: str) -> tuple[Any, ...]:
     else:
         values = (event.app, p["device_id"], p["campaign_id"], p["action"])
     return (*values, event.ts, event.event_id, received_at)
+
+
+def state_rows(event: Event, received_at: str) -> list[tuple[Any, ...]]:
+    """The upsert rows of a state event: one, or one per tag name for a tag event with a ``tags`` map."""
+    if event.kind != "tag" or "tags" not in event.payload:
+        return [state_row(event, received_at)]
+    device = event.payload["device_id"]
+    return [(event.app, device, name, dumps_value(value), event.ts, event.event_id, received_at)
+            for name, value in tag_values(event.payload)]  # fmt: skip

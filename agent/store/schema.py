@@ -201,9 +201,22 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         -- A replayed malformed event (offline, archive and resumption deliveries overlap by design)
         -- is quarantined once: the digest of its sender and raw text is unique. Rows from before
         -- this migration keep a digest of their own, so none of them is merged or lost.
-        ALTER TABLE quarantine ADD COLUMN digest TEXT;
-        UPDATE quarantine SET digest = 'legacy:' || id;
-        CREATE UNIQUE INDEX quarantine_digest ON quarantine (digest);
+        -- AUTOINCREMENT: a row replayed out of quarantine (xmppmon quarantine replay) leaves its id
+        -- unused, so `quarantine show ID` never shows another event later.
+        CREATE TABLE quarantine_v4 (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            reason      TEXT NOT NULL,
+            raw         TEXT NOT NULL,
+            sender      TEXT,
+            event_id    TEXT,
+            app         TEXT,
+            received_at TEXT NOT NULL,
+            digest      TEXT NOT NULL UNIQUE
+        );
+        INSERT INTO quarantine_v4 (id, reason, raw, sender, event_id, app, received_at, digest)
+            SELECT id, reason, raw, sender, event_id, app, received_at, 'legacy:' || id FROM quarantine;
+        DROP TABLE quarantine;
+        ALTER TABLE quarantine_v4 RENAME TO quarantine;
         """,
     ),
     (
@@ -219,6 +232,53 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         CREATE INDEX IF NOT EXISTS delivery_state_order ON delivery_state (sink, state, notification_id);
         -- The latest notification of each firing alert (a new sink's start, Alertmanager re-posts).
         CREATE INDEX IF NOT EXISTS notifications_alert ON notifications (alert_id, id);
+        """,
+    ),
+    (
+        6,
+        "exports to Azure Storage (progress, request log), schema drift",
+        """
+        -- Progress while a job runs, polled by `xmppmon export status`.
+        ALTER TABLE export_jobs ADD COLUMN rows_total INTEGER;
+        ALTER TABLE export_jobs ADD COLUMN rows_done INTEGER;
+        ALTER TABLE export_jobs ADD COLUMN bytes_total INTEGER;
+        ALTER TABLE export_jobs ADD COLUMN bytes_done INTEGER;
+        -- Azure destinations: the local copy being uploaded (kept until the job succeeds, so
+        -- `export resume` re-stages only missing blocks), and the last request's ids (seed 001).
+        ALTER TABLE export_jobs ADD COLUMN spool TEXT;
+        ALTER TABLE export_jobs ADD COLUMN request_id TEXT;         -- x-ms-request-id received
+        ALTER TABLE export_jobs ADD COLUMN client_request_id TEXT;  -- x-ms-client-request-id sent
+
+        -- Every request an export sent to Azure Storage, with its instrumentation (seed 001).
+        CREATE TABLE export_requests (
+            id                INTEGER PRIMARY KEY,
+            job_id            INTEGER NOT NULL REFERENCES export_jobs (id),
+            operation         TEXT NOT NULL,   -- stage_block, commit_block_list, upload_manifest, ...
+            blob              TEXT,            -- blob name, relative to the container
+            block             INTEGER,         -- block number for stage_block
+            attempt           INTEGER NOT NULL,
+            http_status       INTEGER,
+            error_code        TEXT,            -- x-ms-error-code, or the network error's class
+            request_id        TEXT,            -- x-ms-request-id
+            client_request_id TEXT NOT NULL,   -- x-ms-client-request-id sent
+            started_at        TEXT NOT NULL,
+            latency_ms        REAL
+        );
+        CREATE INDEX export_requests_job ON export_requests (job_id, id);
+
+        -- Values outside the contract's known sets (a push action, a tag value's shape), each
+        -- recorded once: the event itself is stored as received. One alert per new value.
+        CREATE TABLE schema_drift (
+            kind       TEXT NOT NULL,   -- push, tag
+            field      TEXT NOT NULL,   -- action, value
+            value      TEXT NOT NULL,   -- as received (a shape such as 'object' for tag values)
+            app        TEXT NOT NULL,   -- where it was first seen
+            event_id   TEXT NOT NULL,
+            first_seen TEXT NOT NULL,
+            last_seen  TEXT NOT NULL,
+            count      INTEGER NOT NULL,
+            PRIMARY KEY (kind, field, value)
+        ) WITHOUT ROWID;
         """,
     ),
 )

@@ -42,7 +42,9 @@ class Store:
     ) -> None:
         self.settings = settings
         #: Alert rules, evaluated in the transaction of the events that caused them (agent.alerts).
-        self.alerts = AlertRules(alerts or AlertSettings(), frozenset({"api", "subscription", "session", "store"}))
+        self.alerts = AlertRules(
+            alerts or AlertSettings(), frozenset({"api", "subscription", "session", "store", "schema"})
+        )
         self._conn = conn
         self._backlog = Backlog()
         #: The ids stored, for an id sent again with another ts (agent.store.identity).
