@@ -26,7 +26,7 @@ import pytest
 from agent.prosody import ProsodyServer
 
 from ..conftest import new_account
-from .container import CACHE, Container, ensure_rootfs, missing_tools
+from .container import CACHE, Container, Result, ensure_rootfs, missing_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -37,9 +37,12 @@ UNITS = ("xmppmon-agent.service", "xmppmon-sidecar.service", "xmppmon-agent@*.se
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Fail loudly (never skip) when what the container tests need is missing."""
+    """Fail loudly (never skip) when what the container tests need is missing; run uninstall last."""
     if not any(item.get_closest_marker("systemd_container") for item in items):
         return
+    # make uninstall takes away what every other test uses: last, so nothing has to reinstall after it
+    # (the host fixture would, see ensure_installed).
+    items.sort(key=lambda item: item.path.name == "test_install_container.py")
     missing = missing_tools()
     if missing:
         raise pytest.UsageError(
@@ -79,18 +82,26 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     )
     box.boot()
     try:
-        started = time.monotonic()
-        result = box.run(
-            ["make", "-C", SRC, "install"], env={"PIP_CERT": "/srv/host-ca.pem", "HOME": "/root"}, timeout=600
-        )
-        print(f"make install in the container: {time.monotonic() - started:.1f} s")
-        result.check()
+        ensure_installed(box)
         yield box
     finally:
         box.stop()
         assert not box.forced, f"the container did not stop cleanly: {box.forced}"
         left = box.leftovers()
         assert not left, f"the container left {left} behind"
+
+
+def install(box: Container) -> Result:
+    """``make install`` in the container, as the README tells an operator (pip through the host's CA bundle)."""
+    return box.run(["make", "-C", SRC, "install"], env={"PIP_CERT": "/srv/host-ca.pem", "HOME": "/root"}, timeout=600)
+
+
+def ensure_installed(box: Container) -> None:
+    """xmppmon installed by ``make install`` (once per container, or again after a test uninstalled it)."""
+    if box.run(["test", "-x", "/usr/bin/xmppmon"]).returncode != 0:
+        started = time.monotonic()
+        install(box).check()
+        print(f"make install in the container: {time.monotonic() - started:.1f} s")
 
 
 @dataclass
@@ -210,6 +221,7 @@ def reset(box: Container) -> None:
 @pytest.fixture
 def host(container: Container, prosody: ProsodyServer, tmp_path: Path) -> Iterator[Host]:
     """The container reset to just-installed, and the host side: Prosody, emulators to start."""
+    ensure_installed(container)
     reset(container)
     last = int(
         json.loads(container.run(["journalctl", "-n", "1", "-o", "json"], check=True).stdout)["__REALTIME_TIMESTAMP"]
