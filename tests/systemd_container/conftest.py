@@ -77,7 +77,9 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
         binds=[
             (copy_source(work / "src"), SRC, False),
             (HOST_CA, "/srv/host-ca.pem", True),
-            (PIP_CACHE, "/root/.cache/pip", False),  # later runs install from cached wheels
+            # pip's cache outlives the container where PyPI's answers are cacheable; on the machine this
+            # was written on pip cached none of them (measured), so each run downloads again.
+            (PIP_CACHE, "/root/.cache/pip", False),
         ],
     )
     box.boot()
