@@ -4,10 +4,10 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEBS   := prosody sqlite3 openssl iproute2 prometheus-alertmanager systemd
+DEBS   := prosody sqlite3 openssl iproute2 prometheus-alertmanager systemd systemd-container debootstrap
 DEMO_SECONDS ?= 30
 
-.PHONY: demo test deps debs venv azurite bench clean
+.PHONY: demo test deps debs venv azurite bench clean install uninstall
 
 demo: deps
 	$(BIN)/xmppmon demo --duration $(DEMO_SECONDS)
@@ -48,6 +48,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
+
+# The service on this host (README, "Run it as a service"): a virtualenv in PREFIX, BINDIR/xmppmon,
+# the units, an /etc/xmppmon skeleton. DESTDIR stages it all elsewhere (for packaging).
+PREFIX     ?= /opt/xmppmon
+BINDIR     ?= /usr/bin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= /etc/systemd/system
+INSTALL_ENV = PREFIX='$(PREFIX)' BINDIR='$(BINDIR)' SYSCONFDIR='$(SYSCONFDIR)' UNITDIR='$(UNITDIR)' \
+              DESTDIR='$(DESTDIR)' PYTHON='$(PYTHON)'
+
+install:
+	@$(INSTALL_ENV) sh systemd/install.sh install '$(CURDIR)'
+
+uninstall:
+	@$(INSTALL_ENV) sh systemd/install.sh uninstall
 
 clean:
 	rm -rf $(VENV) .lab build *.egg-info .pytest_cache .hypothesis
