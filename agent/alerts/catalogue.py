@@ -126,6 +126,13 @@ CATALOGUE: Final[dict[str, Status]] = {
             "check the network path to the XMPP server",
         ),
         _S(
+            "session_conflict",
+            "another client logged in with the agent's account and resource, and the two replace each other",
+            "session",
+            "critical",
+            "run one agent per account, or give each its own XMPPMON_XMPP__RESOURCE",
+        ),
+        _S(
             "disconnected",
             "the agent has been disconnected from the XMPP server",
             "disconnected",

@@ -8,6 +8,7 @@ received before the request, and the stream id and ``h`` are stored in that same
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from loguru import logger
@@ -47,6 +48,19 @@ class Acks:
             )
         )
         store.backpressure = self.backpressure
+        #: True from restoring a previous process's position until that stream is resumed or lost.
+        self._restored = False
+        logging.getLogger("slixmpp.plugins.xep_0198.stream_management").addFilter(self._explain_sequence_numbers)
+
+    def _explain_sequence_numbers(self, record: logging.LogRecord) -> bool:
+        """slixmpp logs "Inconsistent sequence numbers from the server" on every resumption by a new
+        process: the server's ``h`` counts the stanzas the previous process sent, which this one never
+        queued. That is expected and harmless there; said once at INFO instead of as an error."""
+        if self._restored and str(record.msg).startswith("Inconsistent sequence numbers"):
+            self._restored = False
+            log.info("resumed a stream of an earlier process: the server acknowledged what that process sent")
+            return False
+        return True
 
     def restore(self, sm_id: str | None, handled: str | None) -> None:
         """Set the position a previous process committed, so the first connection resumes it."""
@@ -54,6 +68,7 @@ class Acks:
             sm = self.client.plugin["xep_0198"]
             sm.sm_id, sm.handled = sm_id, int(handled)
             self.position = (sm_id, int(handled))
+            self._restored = True
             log.info("will try to resume stream {} at h={}", sm_id, handled)
 
     def new_attempt(self) -> None:
@@ -67,6 +82,7 @@ class Acks:
 
     def forget(self) -> None:
         """The server discarded the stream (or resumption failed): its position is meaningless now."""
+        self._restored = False
         if self.position is not None:
             self._discarded.add(self.position[0])
         sm_id = self.client.plugin["xep_0198"].sm_id

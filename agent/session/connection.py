@@ -29,6 +29,7 @@ from agent.session.acks import SM_NS, Acks
 from agent.session.backoff import Backoff
 from agent.session.catchup import Recovery
 from agent.session.client import MonitorClient
+from agent.session.conflict import Conflict
 from agent.session.keepalive import Keepalive
 from agent.session.subscribe import SubscribeOutcome, Subscriber
 from agent.store import Store
@@ -55,6 +56,7 @@ class MonitorSession:
         self._lost = asyncio.Event()
         self.client.add_event_handler("disconnected", self._on_disconnected)
         self.client.add_event_handler("session_end", self._on_session_end)
+        self.conflict = Conflict(self.client, store, settings.xmpp.jid)
         load_plugins(self.client, settings, store)
 
     @property
@@ -100,7 +102,7 @@ class MonitorSession:
                     if stop.is_set():
                         break
                     self._on_down()
-                delay = self.backoff.next_delay()
+                delay = self.conflict.delay(self.backoff.next_delay(), self.backoff.rng)
                 self.store.set_state("session", f"retrying in {delay:.0f} s")
                 log.info("reconnecting in {:.1f} s", delay)
                 with contextlib.suppress(TimeoutError):
