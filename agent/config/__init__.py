@@ -4,6 +4,7 @@
 sections; ``relay`` alert rules, the sidecar and its sinks.
 """
 
+from agent.config.observe import HealthSettings, MetricsSettings, parse_listen
 from agent.config.relay import (
     AlertmanagerSink,
     AlertRule,
@@ -34,8 +35,10 @@ __all__ = [
     "AlertmanagerSink",
     "AppCredentials",
     "ExportSettings",
+    "HealthSettings",
     "KeepaliveSettings",
     "LogSettings",
+    "MetricsSettings",
     "MonitorSettings",
     "PluginSettings",
     "ReconnectSettings",
@@ -48,4 +51,5 @@ __all__ = [
     "XmppSink",
     "describe_validation_error",
     "load_settings",
+    "parse_listen",
 ]

@@ -29,6 +29,8 @@ class Keepalive:
         self.store = store
         self.settings = settings
         self.last_rtt: float | None = None
+        #: Called with each round-trip time in seconds (the session's ``hooks.rtt``).
+        self.on_rtt: list[Callable[[float], None]] = []
 
     async def run(self, current: Callable[[], bool]) -> None:
         """Ping while ``current()`` says this connection is still the live one."""
@@ -50,3 +52,5 @@ class Keepalive:
             self.last_rtt = time.monotonic() - started
             self.store.set_state("last_ping_rtt_ms", round(self.last_rtt * 1000, 1))
             self.store.set_state("last_ping_at", utc_now())
+            for listener in self.on_rtt:
+                listener(self.last_rtt)
