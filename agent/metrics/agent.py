@@ -14,11 +14,11 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 
 from agent.events import KINDS
 from agent.metrics.http import Listener, serve
-from agent.metrics.registry import COMMIT_BUCKETS, SEVERITIES, DatabaseGauge, new_registry
+from agent.metrics.registry import COMMIT_BUCKETS, SEVERITIES, BulkHistogram, DatabaseGauge, new_registry
 from agent.quarantine import CLASSES, reason_class
 from agent.store.live import firing_by_severity
 
@@ -53,10 +53,10 @@ class AgentMetrics:
         self.ping_rtt = Gauge("xmppmon_ping_rtt_seconds", "Round-trip time of the newest XEP-0199 ping", registry=r)
         backlog = Gauge("xmppmon_writer_backlog", "Records waiting for the writer's next commit", registry=r)
         backlog.set_function(lambda: store.pending)
-        self.commit_seconds = Histogram(
-            "xmppmon_commit_seconds", "Time from a stanza's arrival to the commit of its events",
-            buckets=COMMIT_BUCKETS, registry=r,
-        )  # fmt: skip
+        self.commit_seconds = BulkHistogram(
+            "xmppmon_commit_seconds", "Time from a stanza's arrival to the commit of its events", COMMIT_BUCKETS
+        )
+        r.register(self.commit_seconds)
         age = Gauge("xmppmon_last_event_age_seconds", "Seconds since the newest event arrived", registry=r)
         age.set_function(health.last_event_age)
         r.register(
@@ -91,9 +91,9 @@ class AgentMetrics:
             self.foreign.inc(foreign)
         for reason in commit.quarantine_reasons:
             self._classes[reason_class(reason)].inc()
-        observe, at = self.commit_seconds.observe, commit.committed_at
-        for arrival in commit.arrivals:
-            observe(at - arrival)
+        if commit.arrivals:
+            at = commit.committed_at
+            self.commit_seconds.observe_many([at - arrival for arrival in commit.arrivals])
 
     def _attempt(self, how: str) -> None:
         self._attempts += 1

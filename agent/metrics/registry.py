@@ -9,13 +9,15 @@ connection, so they are as fresh as the scrape and cost nothing between scrapes.
 
 from __future__ import annotations
 
+import bisect
 import sqlite3
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from loguru import logger
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.exceptions import XmppmonError
@@ -67,3 +69,38 @@ class DatabaseGauge(Collector):
         for key in dict.fromkeys([*self.defaults(), *values]):
             family.add_metric([key], values.get(key, 0.0))
         yield family
+
+
+class BulkHistogram(Collector):
+    """A histogram fed a commit's worth of observations at once.
+
+    prometheus-client's ``Histogram.observe`` takes a lock and walks the buckets per call (about
+    2.5 µs here); a commit carries one arrival time per stanza, so this keeps plain bucket counts,
+    updated with ``bisect`` under one lock per commit, and builds the family only when scraped.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.bounds = sorted(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        bounds, counts, where = self.bounds, self.counts, bisect.bisect_left
+        with self._lock:
+            for value in values:
+                counts[where(bounds, value)] += 1
+                self.sum += value
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counts, total = list(self.counts), self.sum
+        cumulative, running = [], 0
+        for bound, count in zip([*map(str, self.bounds), "+Inf"], counts, strict=True):
+            running += count
+            cumulative.append((bound, running))
+        yield HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=total)
