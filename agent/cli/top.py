@@ -97,7 +97,7 @@ def run_top(path: Path, minutes: float, interval: float, once: bool, heartbeat_s
     watcher = Watcher(path, minutes, heartbeat_seconds)
     if once:
         console = Console(width=None if sys.stdout.isatty() else 120)
-        console.print(render(watcher.read()))
+        console.print(render(watcher.read(), live=False))
         return 0
     console = Console()
     try:

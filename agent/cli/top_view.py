@@ -59,13 +59,12 @@ def _age(text: str | None, now: float) -> str:
     return _seconds(max(0.0, now - epoch(text))) if text else "-"
 
 
-def header(frame: Frame) -> RenderableType:
+def header(frame: Frame, live: bool) -> RenderableType:
     state, now = frame.state, frame.at
     session = state.get("session") or "never started"
     style = "green" if session.startswith("connected") else "red"
-    line = Text.assemble(
-        ("xmppmon top", "bold"), f"  {frame.database}  ", time.strftime("%H:%M:%S UTC", time.gmtime(now))
-    )
+    clock = time.strftime("%H:%M:%S UTC", time.gmtime(now))
+    line = Text.assemble(("xmppmon top", "bold"), f"  {frame.database}  {clock}  ", ("q quits" if live else "", "dim"))
     status = Text.assemble("session ", (session, f"bold {style}"))
     if session.startswith("connected"):
         status.append(f"  since {_age(state.get('connected_since'), now)}")
@@ -143,5 +142,6 @@ def sinks_table(frame: Frame) -> Table:
     return table
 
 
-def render(frame: Frame) -> RenderableType:
-    return Group(header(frame), events_table(frame), quarantine_table(frame), alerts_table(frame), sinks_table(frame))
+def render(frame: Frame, live: bool = True) -> RenderableType:
+    tables = events_table(frame), quarantine_table(frame), alerts_table(frame), sinks_table(frame)
+    return Group(header(frame, live), *tables)

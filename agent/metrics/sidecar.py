@@ -57,7 +57,7 @@ class SidecarMetrics:
             up.labels(sink).set_function(functools.partial(self._up, sink, failing))
 
         def pending(conn: sqlite3.Connection) -> dict[str, float]:
-            rows = sink_progress(conn, time.time(), sinks)
+            rows = sink_progress(conn, time.time(), sinks, last_delivered=False)
             return {row.sink: float(row.pending) for row in rows if row.sink in sinks}
 
         r.register(

@@ -142,8 +142,18 @@ class SinkProgress:
     last_delivered: str | None
 
 
-def sink_progress(conn: sqlite3.Connection, now: float, sinks: list[str] | None = None) -> list[SinkProgress]:
-    """Per sink (those the sidecar has seen, plus ``sinks``): notifications not yet delivered."""
+#: How far back in ``deliveries`` to look for a sink's last delivery (a sink that never delivers
+#: must not cost a scan of every attempt ever made at each refresh).
+RECENT_ATTEMPTS = 10_000
+
+
+def sink_progress(
+    conn: sqlite3.Connection, now: float, sinks: list[str] | None = None, last_delivered: bool = True
+) -> list[SinkProgress]:
+    """Per sink (those the sidecar has seen, plus ``sinks``): notifications not yet delivered.
+
+    ``last_delivered``: also find each sink's last delivery among the last RECENT_ATTEMPTS attempts.
+    """
     known = {row[0]: (row[1], row[2]) for row in conn.execute("SELECT sink, last_id, failing FROM sink_cursor")}
     result = []
     for sink in sorted(set(known) | set(sinks or ())):
@@ -157,10 +167,13 @@ def sink_progress(conn: sqlite3.Connection, now: float, sinks: list[str] | None 
             (sink,),
         ).fetchone()
         oldest = min((t for t in (first_unseen, first_pending) if t), default=None)
-        delivered = conn.execute(
-            "SELECT finished_at FROM deliveries WHERE sink = ? AND status = 'delivered' ORDER BY id DESC LIMIT 1",
-            (sink,),
-        ).fetchone()
+        delivered = None
+        if last_delivered:
+            delivered = conn.execute(
+                "SELECT finished_at FROM deliveries WHERE id > (SELECT coalesce(max(id), 0) FROM deliveries) - ?"
+                " AND sink = ? AND status = 'delivered' ORDER BY id DESC LIMIT 1",
+                (RECENT_ATTEMPTS, sink),
+            ).fetchone()
         lag = max(0.0, now - epoch(oldest)) if oldest else 0.0
         result.append(SinkProgress(sink, unseen + pending, lag, failing, delivered[0] if delivered else None))
     return result
