@@ -17,6 +17,7 @@ from agent.health import Health
 from agent.metrics.agent import agent_metrics
 from agent.session import MonitorSession
 from agent.store import Store
+from agent.store.live import newest_arrival
 from agent.systemd import Notifier, stop_on_signals, supervise
 
 log = logger.bind(component="agent")
@@ -59,7 +60,7 @@ async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> No
         async with lifespan(settings) as app:
             # One health object for the systemd watchdog and /readyz.
             health = Health(app.store, app.session, settings.health.max_silence)
-            health.seed(await app.store.last_received_at())
+            health.seed(await asyncio.to_thread(newest_arrival, settings.store.path))
             with agent_metrics(settings, app.store, app.session, health):
                 # sd_notify: READY, STATUS, WATCHDOG while the writer is healthy, STOPPING on stop.
                 supervisor = asyncio.ensure_future(

@@ -11,10 +11,12 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent.events import epoch, iso
 from agent.quarantine import reason_class_sql
+from agent.store.readers import reading
 
 #: julianday() of the Unix epoch: (julianday(t) - this) * 86400 is t in epoch seconds.
 _EPOCH_DAY = 2440587.5
@@ -177,6 +179,17 @@ def sink_progress(
         lag = max(0.0, now - epoch(oldest)) if oldest else 0.0
         result.append(SinkProgress(sink, unseen + pending, lag, failing, delivered[0] if delivered else None))
     return result
+
+
+def newest_arrival(path: Path) -> str | None:
+    """When the newest row of ``events`` or ``api_calls`` arrived: the last row by id, no scan."""
+    with reading(path) as conn:
+        found = [
+            row[0]
+            for table in ("events", "api_calls")
+            if (row := conn.execute(f"SELECT received_at FROM {table} ORDER BY id DESC LIMIT 1").fetchone())
+        ]
+    return max(found, default=None)
 
 
 def counters(conn: sqlite3.Connection) -> dict[str, int]:
