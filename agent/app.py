@@ -13,8 +13,11 @@ from loguru import logger
 from agent import __version__
 from agent.config import Settings
 from agent.events import utc_now
+from agent.health import Health
+from agent.metrics.agent import agent_metrics
 from agent.session import MonitorSession
 from agent.store import Store
+from agent.store.live import newest_arrival
 from agent.systemd import Notifier, stop_on_signals, supervise
 
 log = logger.bind(component="agent")
@@ -55,15 +58,19 @@ async def run_agent(settings: Settings, stop: asyncio.Event | None = None) -> No
     notifier = Notifier()
     try:
         async with lifespan(settings) as app:
-            # sd_notify: READY, STATUS, WATCHDOG while the writer is healthy, STOPPING on stop.
-            supervisor = asyncio.ensure_future(
-                supervise(notifier, app.store, app.session, stop, settings.xmpp.negotiation_timeout + 5)
-            )
-            try:
-                await app.session.run(stop)
-            finally:
-                stop.set()
-                await supervisor
+            # One health object for the systemd watchdog and /readyz.
+            health = Health(app.store, app.session, settings.health.max_silence)
+            health.seed(await asyncio.to_thread(newest_arrival, settings.store.path))
+            with agent_metrics(settings, app.store, app.session, health):
+                # sd_notify: READY, STATUS, WATCHDOG while the writer is healthy, STOPPING on stop.
+                supervisor = asyncio.ensure_future(
+                    supervise(notifier, app.store, app.session, stop, settings.xmpp.negotiation_timeout + 5, health)
+                )
+                try:
+                    await app.session.run(stop)
+                finally:
+                    stop.set()
+                    await supervisor
     finally:
         notifier.close()
     log.info("xmppmon stopped")

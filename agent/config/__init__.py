@@ -5,6 +5,7 @@ sections; ``relay`` alert rules, the sidecar and its sinks.
 """
 
 from agent.config.azure import AzureSettings
+from agent.config.observe import HealthSettings, MetricsSettings, parse_listen
 from agent.config.relay import (
     AlertmanagerSink,
     AlertRule,
@@ -36,8 +37,10 @@ __all__ = [
     "AppCredentials",
     "AzureSettings",
     "ExportSettings",
+    "HealthSettings",
     "KeepaliveSettings",
     "LogSettings",
+    "MetricsSettings",
     "MonitorSettings",
     "PluginSettings",
     "ReconnectSettings",
@@ -50,4 +53,5 @@ __all__ = [
     "XmppSink",
     "describe_validation_error",
     "load_settings",
+    "parse_listen",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from agent.config.observe import check_listen
 from agent.config.sections import Section as _Section
 
 
@@ -92,6 +93,12 @@ class SidecarSettings(_Section):
     sinks: list[Sink] = Field(default_factory=list)
     poll_seconds: float = Field(default=1.0, gt=0)
     agent_down_after: float = Field(default=60.0, gt=0, description="heartbeat age for 'agent down'")
+    metrics_listen: str = Field(default="", description="HOST:PORT of the sidecar's /metrics; empty: off")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, value: str) -> str:
+        return check_listen(value)
 
     def named_sinks(self) -> list[tuple[str, WebhookSink | AlertmanagerSink | XmppSink]]:
         """Each sink with a unique name: its own, or its type numbered when repeated."""

@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from agent.config.azure import AzureSettings
+from agent.config.observe import HealthSettings, MetricsSettings
 from agent.config.relay import AlertSettings, SidecarSettings
 from agent.config.sections import (
     ExportSettings,
@@ -56,6 +57,8 @@ class Settings(BaseSettings):
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
     azure: AzureSettings = Field(default_factory=AzureSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
 
     @classmethod
     def settings_customise_sources(

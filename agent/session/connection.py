@@ -30,6 +30,7 @@ from agent.session.backoff import Backoff
 from agent.session.catchup import Recovery
 from agent.session.client import MonitorClient
 from agent.session.conflict import Conflict
+from agent.session.hooks import SessionHooks
 from agent.session.keepalive import Keepalive
 from agent.session.subscribe import SubscribeOutcome, Subscriber
 from agent.store import Store
@@ -49,6 +50,9 @@ class MonitorSession:
         self.reconnects = 0
         self.acks = Acks(self.client, store)
         self.keepalive = Keepalive(self.client, store, settings.keepalive)
+        #: Listeners of up, down, failed attempts and ping round trips (metrics, health).
+        self.hooks = SessionHooks()
+        self.keepalive.on_rtt.append(lambda rtt: self.hooks.emit(self.hooks.rtt, rtt))
         self.subscriber = Subscriber(self.client, store, settings.monitor)
         self.recovery = Recovery(self.client, store, settings.monitor.jid)
         self._keepalive_task: asyncio.Task[None] | None = None
@@ -86,9 +90,11 @@ class MonitorSession:
                 except AuthenticationError as exc:
                     self.store.observe("session", "auth_failure", detail=str(exc))
                     self._record_down(str(exc))
+                    self.hooks.emit(self.hooks.failed, str(exc))
                     log.error("{}", exc)
                 except SessionError as exc:
                     self._record_down(str(exc))
+                    self.hooks.emit(self.hooks.failed, str(exc))
                     log.warning("{}", exc)
                 else:
                     if stop.is_set():
@@ -205,6 +211,7 @@ class MonitorSession:
         self.store.set_state("connected_since", now)
         self.store.set_state("reconnects", self.reconnects)
         self.store.set_state("last_error", None)
+        self.hooks.emit(self.hooks.up, resumed)
         sm = self.client.plugin["xep_0198"]
         if resumed:
             log.info("stream {} resumed at h={}", sm.sm_id, sm.handled)
@@ -231,6 +238,7 @@ class MonitorSession:
                 task.cancel()
         reason = self.client.disconnect_reason or "connection lost"
         self._record_down(reason)
+        self.hooks.emit(self.hooks.down, reason)
         log.warning("disconnected: {}", reason)
 
     def _record_down(self, reason: str) -> None:

@@ -33,6 +33,8 @@ class Keepalive:
         self.last_rtt: float | None = None
         self.pings = 0  # answered
         self._unawaited: set[asyncio.Task[None]] = set()
+        #: Called with each round-trip time in seconds (the session's ``hooks.rtt``).
+        self.on_rtt: list[Callable[[float], None]] = []
 
     def _send_unawaited(self, ping: Any) -> None:
         async def send() -> None:
@@ -72,3 +74,5 @@ class Keepalive:
             self.pings += 1
             self.store.set_state("last_ping_rtt_ms", round(self.last_rtt * 1000, 1))
             self.store.set_state("last_ping_at", utc_now())
+            for listener in self.on_rtt:
+                listener(self.last_rtt)

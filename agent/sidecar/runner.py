@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ from agent import __version__
 from agent.alerts import Observation
 from agent.config import Settings, WebhookSink, XmppSink
 from agent.events import epoch
+from agent.metrics.sidecar import sidecar_metrics
 from agent.sidecar.http import Round
 from agent.sidecar.instrumentation import InstrumentedClient
 from agent.sidecar.sinks.alertmanager import AlertmanagerRelay
@@ -51,6 +53,8 @@ class Sidecar:
         #: One per sink: a delivery round and an Alertmanager re-post never interleave.
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
+        #: Called after each recorded delivery round with the sink's name and the round (metrics).
+        self.on_round: list[Callable[[str, Round], None]] = []
         for name, cfg in settings.sidecar.named_sinks():
             if isinstance(cfg, XmppSink):
                 self.relays[name] = XmppRelay(name, cfg, settings)
@@ -156,6 +160,8 @@ class Sidecar:
             async with self._locks[name]:
                 rnd: Round = await relay.deliver(items)
                 await self.outbox.record(name, rnd.attempts, park_until=time.time() + cfg.park_seconds)
+            for listener in self.on_round:
+                listener(name, rnd)
             await self._meta(name, rnd)
             if rnd.pause:
                 await self._sleep(stop, rnd.pause)
@@ -198,7 +204,10 @@ async def run_sidecar(settings: Settings, stop: asyncio.Event | None = None) -> 
     outbox = await Outbox.open(settings.store.path, settings.alerts, settings.store.busy_timeout_ms)
     sidecar = Sidecar(settings, outbox)
     try:
-        await sidecar.run(stop)
+        with sidecar_metrics(settings, list(sidecar.relays), sidecar.failing) as metrics:
+            if metrics is not None:
+                sidecar.on_round.append(metrics.round_hook)
+            await sidecar.run(stop)
     finally:
         sidecar.notifier.stopping("stopping: finishing the current delivery round")
         await sidecar.close()

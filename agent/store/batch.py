@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import aiosqlite
@@ -19,6 +20,7 @@ from agent.store.rows import (
     INSERT_API,
     INSERT_EVENT,
     INSERT_QUARANTINE,
+    KINDS_INSERTED,
     SET_STATE,
     UPSERT,
     Quarantined,
@@ -51,6 +53,12 @@ class Commit:
     quarantined: int
     committed_at: float
     arrivals: list[float] = field(default_factory=list)
+    #: Rows written per event kind: appended (history, api) or inserted/updated (state kinds).
+    kinds: Counter[str] = field(default_factory=Counter)
+    #: The persistent counters this commit added (stanzas, foreign_stanzas, events_received, ...).
+    counters: Counter[str] = field(default_factory=Counter)
+    #: The reason of each quarantined item written.
+    quarantine_reasons: list[str] = field(default_factory=list)
 
 
 async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: Identity, batch: Batch) -> Commit:
@@ -83,9 +91,15 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: I
     if drifted:  # before the rules: a new value's alert is evaluated in this transaction
         await record_drift(conn, rules, sightings(drifted, counters))
     appended = 0  # history and api rows really inserted: the rest were duplicates
+    kinds: Counter[str] = Counter()
     if history:
         cursor = await conn.executemany(INSERT_EVENT, history)
-        appended += max(cursor.rowcount, 0)
+        inserted = max(cursor.rowcount, 0)
+        appended += inserted
+        if inserted == len(history):
+            kinds.update(map(itemgetter(2), history))
+        elif inserted:  # some were duplicates: ask which kinds the new rows have
+            kinds.update(dict(await conn.execute_fetchall(KINDS_INSERTED, (inserted,))))  # type: ignore[arg-type]
     if api:
         # Alerts count each call once: on a redelivery, count only the rows really inserted.
         await conn.execute("SAVEPOINT api")
@@ -96,14 +110,22 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: I
             cursor = await conn.executemany(INSERT_API, api)
         await conn.execute("RELEASE api")
         appended += max(cursor.rowcount, 0)
+        if cursor.rowcount > 0:
+            kinds["api"] = cursor.rowcount
     if api or rules.has_pending or rules.sweep_due():
         await apply_rules(conn, rules, Counter((r[1], r[3], r[6]) for r in api))
     for kind, rows in upserts.items():
-        await conn.executemany(UPSERT[kind], rows)
+        cursor = await conn.executemany(UPSERT[kind], rows)
+        if cursor.rowcount > 0:  # a replay older than the stored value changes nothing
+            kinds[kind] = cursor.rowcount
     quarantined = 0
+    reasons: list[str] = []  # of the rows really quarantined (a replay of one adds none)
+    for q in quarantine:  # one statement each: quarantine is rare, and which rows are new matters
+        cursor = await conn.execute(INSERT_QUARANTINE, q.row())
+        if cursor.rowcount > 0:
+            reasons.append(q.reason)
+    quarantined = len(reasons)
     if quarantine:
-        cursor = await conn.executemany(INSERT_QUARANTINE, [q.row() for q in quarantine])
-        quarantined = max(cursor.rowcount, 0)
         counters["quarantined"] += quarantined
         counters["quarantine_replays"] += len(quarantine) - quarantined
     duplicates = received - appended
@@ -124,7 +146,10 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: I
     await conn.commit()
     rules.committed()
     await identity.rotate(conn)
-    return Commit(appended, sum(map(len, upserts.values())), duplicates, quarantined, time.perf_counter())
+    return Commit(
+        appended, sum(map(len, upserts.values())), duplicates, quarantined, time.perf_counter(),
+        kinds=kinds, counters=counters, quarantine_reasons=reasons,
+    )  # fmt: skip
 
 
 async def _new_api_rows(conn: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

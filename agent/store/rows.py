@@ -9,6 +9,9 @@ from typing import Any
 from agent.events import Event, dumps_value, tag_values
 
 INSERT_EVENT = "INSERT OR IGNORE INTO events (event_id, app, kind, ts, payload, received_at) VALUES (?, ?, ?, ?, ?, ?)"
+#: After an INSERT OR IGNORE of history rows that met duplicates: the kinds of the ``?`` rows it
+#: really inserted (their ids are the last ones, contiguous: a rowid table without AUTOINCREMENT).
+KINDS_INSERTED = "SELECT kind, count(*) FROM events WHERE id > last_insert_rowid() - ? GROUP BY kind"
 INSERT_API = (
     "INSERT OR IGNORE INTO api_calls (event_id, app, ts, api, method, path, status, request_id,"
     " latency_ms, detail, payload, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -191,6 +191,7 @@ class Store:
             self._full.clear()
             if time.monotonic() - self._last_heartbeat >= self.settings.heartbeat_seconds:
                 self._backlog.state["heartbeat"] = utc_now()
+                self._backlog.state["writer_backlog"] = str(self.pending)  # for xmppmon top
                 self._last_heartbeat = time.monotonic()
             try:
                 self.write_started = time.monotonic()

@@ -16,7 +16,9 @@ pytestmark = [pytest.mark.prosody, pytest.mark.timeout(120)]
 
 
 async def test_a_resource_conflict_is_named_alerted_and_backed_off(
-    prosody: ProsodyServer, tmp_path: Path, captured_logs: list[str]  # noqa: F811 - the fixture imported above
+    prosody: ProsodyServer,
+    tmp_path: Path,
+    captured_logs: list[str],  # noqa: F811 - the fixture imported above
 ) -> None:
     """The second login with the same resource replaces the first: the first says why, raises session_conflict,
     and waits at least 30 s before trying again instead of replacing the other one at once."""
@@ -32,7 +34,9 @@ async def test_a_resource_conflict_is_named_alerted_and_backed_off(
                 lambda: db_value(first, "SELECT state FROM alerts WHERE code = 'session_conflict'") == "firing",
                 what="session_conflict firing",
             )
-            await wait_until(lambda: (agent_state(first, "session") or "").startswith("retrying in"), what="backing off")
+            await wait_until(
+                lambda: (agent_state(first, "session") or "").startswith("retrying in"), what="backing off"
+            )
             waiting = agent_state(first, "session") or ""
             assert int(waiting.split()[2]) >= 30, waiting
             stop_b.set()
