@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEBS   := prosody sqlite3 openssl iproute2 prometheus-alertmanager systemd
+DEBS   := prosody sqlite3 openssl iproute2 prometheus-alertmanager systemd nats-server
 DEMO_SECONDS ?= 30
 
 .PHONY: demo test deps debs venv bench clean
