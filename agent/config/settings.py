@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.config.forward import ForwardSettings
 from agent.config.relay import AlertSettings, SidecarSettings
 from agent.config.sections import (
     ExportSettings,
@@ -54,6 +55,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
 
     @classmethod
     def settings_customise_sources(
