@@ -56,7 +56,15 @@ class ExportError(XmppmonError):
 
 
 class ForwardError(XmppmonError):
-    """The NATS JetStream cluster cannot take the forwarded records now; they wait in SQLite."""
+    """The NATS JetStream cluster cannot take the forwarded records now; they wait in SQLite.
+
+    ``refused``: the cluster answered no (credentials, TLS trust, a conflicting stream), which an
+    operator must fix; otherwise it could not be reached and retrying may be enough.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class LabError(XmppmonError):

@@ -103,7 +103,7 @@ class Forwarder:
                         if nc.is_closed:
                             break
             except ForwardError as exc:
-                self._trouble("unreachable" if "reach" in str(exc) else "refused", str(exc))
+                self._trouble("refused" if exc.refused else "unreachable", str(exc))
                 await self._sleep(stop, delay)
                 delay = min(max(delay * 2, 1.0), 30.0)
 
@@ -235,8 +235,10 @@ class Forwarder:
         }  # fmt: skip
 
     def _trouble(self, state: str, problem: str) -> None:
+        """Log a problem once (not again while it lasts): an error if an operator must act, else a warning."""
         if problem != self.problem:
-            log.error("forwarding to NATS held back: {}; records wait in the database", problem)
+            level = "ERROR" if state == "refused" else "WARNING"
+            log.log(level, "forwarding to NATS held back: {}; records wait in the database", problem)
         self.state, self.problem = state, problem
 
     def _ok(self) -> None:

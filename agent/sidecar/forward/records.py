@@ -55,7 +55,7 @@ def advance(position: Position, record: Record) -> Position:
 
 def headers_size(headers: dict[str, str]) -> int:
     """Bytes of the ``NATS/1.0`` header block as the client writes it (counted in max_payload)."""
-    return 12 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
+    return 10 + sum(len(k) + len(v) + 4 for k, v in headers.items()) + 2
 
 
 class Shaper:

@@ -42,20 +42,27 @@ def _describe(exc: BaseException | None) -> str:
     return text or (type(exc).__name__ if exc is not None else "no answer")
 
 
-def connection_problem(last: BaseException | None, urls: list[str]) -> str:
+def connection_problem(last: BaseException | None, urls: list[str]) -> ForwardError:
     """One line for a connection that could not be made, from the last error the client reported."""
     text = _describe(last)
     where = ", ".join(urls)
     if "authorization violation" in text.lower() or "authentication" in text.lower():
-        return (
+        return ForwardError(
             f"the NATS cluster ({where}) refused the credentials ({text}): check "
-            "XMPPMON_FORWARD__CREDENTIALS (a .creds file's text or a token, in $CREDENTIALS_DIRECTORY)"
+            "XMPPMON_FORWARD__CREDENTIALS (a .creds file's text or a token, in $CREDENTIALS_DIRECTORY)",
+            refused=True,
         )
     if isinstance(last, ssl.SSLCertVerificationError) or "certificate verify failed" in text.lower():
-        return f"the NATS server's TLS certificate is not trusted ({text}): set XMPPMON_FORWARD__CA_FILE to its CA"
+        return ForwardError(
+            f"the NATS server's TLS certificate is not trusted ({text}): set XMPPMON_FORWARD__CA_FILE to its CA",
+            refused=True,
+        )
     if isinstance(last, ssl.SSLError | nats.errors.SecureConnRequiredError | nats.errors.SecureConnWantedError):
-        return f"TLS with the NATS cluster ({where}) failed ({text}): check tls:// URLs and XMPPMON_FORWARD__CA_FILE"
-    return f"cannot reach the NATS cluster ({where}): {text}"
+        return ForwardError(
+            f"TLS with the NATS cluster ({where}) failed ({text}): check tls:// URLs and XMPPMON_FORWARD__CA_FILE",
+            refused=True,
+        )
+    return ForwardError(f"cannot reach the NATS cluster ({where}): {text}")
 
 
 def client_options(settings: ForwardSettings) -> dict[str, Any]:
@@ -99,7 +106,7 @@ async def connected(settings: ForwardSettings, name: str) -> AsyncIterator[NATS]
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         with contextlib.suppress(Exception):
             await nc.close()
-        raise ForwardError(connection_problem(last[0] if last else exc, settings.nats_urls)) from None
+        raise connection_problem(last[0] if last else exc, settings.nats_urls) from None
     try:
         yield nc
     finally:
@@ -152,7 +159,8 @@ class Stream:
             raise ForwardError(
                 f"cannot create stream {self.name} (subjects {', '.join(subjects)}, {s.replicas} replica(s),"
                 f" duplicate window {s.duplicate_window:g} s): {exc.description} — check XMPPMON_FORWARD__STREAM,"
-                " __REPLICAS (at most the cluster's size) and other streams' subjects"
+                " __REPLICAS (at most the cluster's size) and other streams' subjects",
+                refused=True,
             ) from None
         except (TimeoutError, nats.errors.Error) as exc:
             raise ForwardError(f"cannot create stream {self.name}: {_describe(exc)}") from None
@@ -170,11 +178,14 @@ class Stream:
             raise ForwardError(
                 f"stream {self.name} exists with subjects {', '.join(have) or '(none)'}, which do not take"
                 f" {', '.join(missing)}: give this agent its own stream (XMPPMON_FORWARD__STREAM) or fix the"
-                " stream's subjects"
+                " stream's subjects",
+                refused=True,
             )
         if cfg.no_ack or cfg.sealed:
             what = "no_ack (it never acknowledges)" if cfg.no_ack else "sealed (it takes no new messages)"
-            raise ForwardError(f"stream {self.name} is {what}: the forwarder needs acknowledgements to lose nothing")
+            raise ForwardError(
+                f"stream {self.name} is {what}: the forwarder needs acknowledgements to lose nothing", refused=True
+            )
         s = self.settings
         if cfg.duplicate_window != s.duplicate_window or cfg.num_replicas != s.replicas:
             log.warning(
@@ -207,6 +218,7 @@ class Stream:
             raise ForwardError(
                 f"the last message of stream {self.name} (sequence {last}, subject {msg.subject}) was not"
                 f" published by this agent's forwarder ({self.shaper.account}): exactly once needs a stream"
-                " of its own per agent (XMPPMON_FORWARD__STREAM)"
+                " of its own per agent (XMPPMON_FORWARD__STREAM)",
+                refused=True,
             )
         return StreamState(last, position, min(limits))

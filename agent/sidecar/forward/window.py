@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from loguru import logger
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from agent.sidecar.forward.stream import MESSAGE_TOO_LARGE, WRONG_LAST_SEQUENCE
-from agent.store.changes import Dead, Position, Record
+from agent.store.changes import SOURCES, Dead, Position, Record
+
+log = logger.bind(component="forward")
 
 #: A flight's state: no answer yet, stored (acknowledged or implied), refused for good, not stored.
 _PENDING, _STORED, _DEAD, _REFUSED = 0, 1, 2, 3
@@ -163,6 +166,10 @@ class Window:
                 Dead(record.source, record.id, flight.subject, flight.size, reason, flight.message.decode())
             )
             flight.state = _DEAD
+            log.error(
+                "record {} {} ({}, {} bytes) cannot be forwarded: {}; kept in forward_dead, the rest flows on",
+                SOURCES[record.source], record.id, flight.subject, flight.size, reason,
+            )  # fmt: skip
             self._fail("a record was too large for the stream (dead-lettered); resending what followed it")
             return
         flight.state = _REFUSED
