@@ -68,12 +68,12 @@ def connection_problem(last: BaseException | None, urls: list[str]) -> ForwardEr
 def client_options(settings: ForwardSettings) -> dict[str, Any]:
     """Credentials and TLS for ``nats.connect``: a .creds text (JWT and seed) or a token; TLS verified."""
     options: dict[str, Any] = {}
-    if settings.credentials is not None:
-        secret = settings.credentials.get_secret_value()
+    secret = settings.credentials.get_secret_value().strip() if settings.credentials is not None else ""
+    if secret:  # an empty credential file (LoadCredential= needs one) means none
         if _CREDS_MARK in secret:
-            options["user_credentials"] = RawCredentials(secret)
+            options["user_credentials"] = RawCredentials(secret + "\n")
         else:
-            options["token"] = secret.strip()
+            options["token"] = secret
     if settings.ca_file is not None or any(url.startswith("tls://") for url in settings.nats_urls):
         options["tls"] = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
     return options
