@@ -169,6 +169,18 @@ class ChangeLog:
             dead.update((i, int(r[0])) for r in rows)
         return dead
 
+    async def behind(self, position: Position, sources: Iterable[int]) -> list[str]:
+        """The rowid tables whose newest id is below the position: new rows there would reuse forwarded ids."""
+        behind = []
+        for i in sources:
+            name = SOURCES[i]
+            if name == "state_changes" or not position[i]:
+                continue  # AUTOINCREMENT never reuses an id
+            top = list(await self._conn.execute_fetchall(f"SELECT coalesce(max(id), 0) FROM {name}"))
+            if int(top[0][0]) < position[i]:
+                behind.append(name)
+        return behind
+
     async def waiting(self, after: Position, sources: Iterable[int]) -> tuple[float, int]:
         """(lag in seconds, records waiting): the age of the oldest record above ``after`` and a count.
 
@@ -187,12 +199,19 @@ class ChangeLog:
         lag = 0.0 if oldest is None else max(0.0, time.time() - oldest)
         return lag, pending
 
-    async def save(self, position: Position | None, dead: list[Dead], state: dict[str, object]) -> None:
-        """Record the acknowledged position, new dead letters and status keys in one transaction."""
-        async with self._lock:
-            await self._save(position, dead, state)
+    async def save(
+        self, position: Position | None, dead: list[Dead], state: dict[str, object], sources: Iterable[int] = ()
+    ) -> None:
+        """Record the acknowledged position of ``sources``, new dead letters and status keys in one transaction.
 
-    async def _save(self, position: Position | None, dead: list[Dead], state: dict[str, object]) -> None:
+        The other sources' cursor rows are removed: a source not forwarded must not hold retention back.
+        """
+        async with self._lock:
+            await self._save(position, dead, state, set(sources))
+
+    async def _save(
+        self, position: Position | None, dead: list[Dead], state: dict[str, object], sources: set[int]
+    ) -> None:
         now = iso(time.time())
         conn = self._conn
         await conn.execute("BEGIN IMMEDIATE")
@@ -202,7 +221,11 @@ class ChangeLog:
                     "INSERT INTO forward_cursor (source, last_id, updated_at) VALUES (?, ?, ?)"
                     " ON CONFLICT (source) DO UPDATE SET last_id = excluded.last_id,"
                     " updated_at = excluded.updated_at",
-                    [(name, position[i], now) for i, name in enumerate(SOURCES)],
+                    [(name, position[i], now) for i, name in enumerate(SOURCES) if i in sources],
+                )
+                await conn.executemany(
+                    "DELETE FROM forward_cursor WHERE source = ?",
+                    [(name,) for i, name in enumerate(SOURCES) if i not in sources],
                 )
             if dead:
                 await conn.executemany(

@@ -67,14 +67,14 @@ async def test_retention_guard_keeps_unforwarded_rows_and_the_newest(tmp_path: P
         conn.execute(f"SELECT count(*) FROM state_changes WHERE {retention_guard('state_changes')}").fetchone()[0] == 4
     )
     log = await ChangeLog.open(db)
-    await log.save((4, 0, 2, 0), [], {})
+    await log.save((4, 0, 2, 0), [], {}, range(3))
     await log.close()
     conn.execute(f"DELETE FROM events WHERE {retention_guard('events')}")
     conn.execute(f"DELETE FROM state_changes WHERE {retention_guard('state_changes')}")
     assert [r[0] for r in conn.execute("SELECT id FROM events")] == [5, 6, 7, 8, 9, 10]
     assert [r[0] for r in conn.execute("SELECT id FROM state_changes")] == [3, 4]
     log = await ChangeLog.open(db)
-    await log.save((10, 0, 4, 0), [], {})
+    await log.save((10, 0, 4, 0), [], {}, range(3))
     await log.close()
     conn.execute(f"DELETE FROM events WHERE {retention_guard('events')}")
     assert [r[0] for r in conn.execute("SELECT id FROM events")] == [10]  # so the next row is 11, above the cursor
@@ -97,10 +97,11 @@ async def test_change_log_reads_in_order_and_saves_progress_atomically(tmp_path:
         ]
         lag, pending = await log.waiting((2, 0, 0, 0), range(3))
         assert pending == 4 and lag > 0
-        await log.save(
-            (5, 1, 0, 0), [Dead(0, 4, "s", 10, "too large", "{}")], {"lag_seconds": 0.5, "state": "forwarding"}
-        )
-        assert await log.cursor() == (5, 1, 0, 0)
+        status = {"lag_seconds": 0.5, "state": "forwarding"}
+        await log.save((5, 1, 0, 7), [Dead(0, 4, "s", 10, "too large", "{}")], status, range(3))
+        assert await log.cursor() == (5, 1, 0, 0)  # notifications not forwarded: no cursor row holds them back
+        assert await log.behind((5, 1, 0, 0), range(3)) == []
+        assert await log.behind((6, 2, 9, 0), range(3)) == ["events", "api_calls"]
         assert await log.dead_above((3, 0, 0, 0)) == {(0, 4)}
         assert await log.waiting((5, 1, 0, 0), range(3)) == (0.0, 0)
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 
 from loguru import logger
@@ -104,12 +105,26 @@ class Forwarder:
                             break
             except ForwardError as exc:
                 self._trouble("refused" if exc.refused else "unreachable", str(exc))
-                await self._sleep(stop, delay)
-                delay = min(max(delay * 2, 1.0), 30.0)
+            except sqlite3.Error as exc:  # the database is locked or failing: the records are safe, wait
+                self._trouble("retrying", f"cannot use the database {self.settings.store.path}: {exc}")
+            except Exception as exc:  # a bug: say where, once, and keep the sidecar's other work going
+                if str(exc) != self.problem:
+                    log.opt(exception=exc).critical("unexpected error in the forwarder; retrying")
+                self.state, self.problem = "retrying", str(exc)
+            await self._sleep(stop, delay)
+            delay = min(max(delay * 2, 1.0), 30.0)
 
     async def _round(self, stream: Stream, stop: asyncio.Event) -> bool:
         """Reconcile, then publish until stopped or failed; True if anything was acknowledged."""
         assert self._log is not None
+        behind = await self._log.behind(self.acked, self.sources)
+        if behind:
+            raise ForwardError(
+                f"the newest row of {', '.join(behind)} is below the forward cursor: rows past it were deleted"
+                " (not through retention_guard) or the database was replaced, so new rows would reuse ids"
+                " already forwarded; check the database, then fix forward_cursor or use a new stream",
+                refused=True,
+            )
         where = await stream.state()
         if where.position is not None:
             if where.position != self.acked:
@@ -206,25 +221,31 @@ class Forwarder:
             return
         self._last_save = now
         taken = list(dead)
-        await self._log.save(self.acked, taken, {})
+        await self._log.save(self.acked, taken, {}, self.sources)
         del dead[: len(taken)]
         self._saved = self.acked
 
     async def _watch(self, stop: asyncio.Event) -> None:
-        assert self._log is not None
         while not stop.is_set():
-            self.lag, self.pending = await self._log.waiting(self.position, self.sources)
-            await self._log.save(None, [], self.status())
-            over = self.lag > self.cfg.max_lag_seconds
-            if over != self.lagging and self.outbox is not None:
-                detail = f"{self.lag:.0f} s behind, {self.pending} record(s) waiting; {self.problem or self.state}"
-                if over:
-                    log.error("forwarding lags: {}", detail)
-                else:
-                    log.info("forwarding caught up ({:.1f} s behind)", self.lag)
-                await self.outbox.observe([Observation("sidecar", "forward_lagging", ok=not over, detail=detail)])
-                self.lagging = over
+            try:
+                await self._check_lag()
+            except sqlite3.Error as exc:  # locked past busy_timeout: try again next second
+                log.warning("cannot record the forwarding lag: {}", exc)
             await self._sleep(stop, 1.0)
+
+    async def _check_lag(self) -> None:
+        assert self._log is not None
+        self.lag, self.pending = await self._log.waiting(self.position, self.sources)
+        await self._log.save(None, [], self.status())
+        over = self.lag > self.cfg.max_lag_seconds
+        if over != self.lagging and self.outbox is not None:
+            detail = f"{self.lag:.0f} s behind, {self.pending} record(s) waiting; {self.problem or self.state}"
+            if over:
+                log.error("forwarding lags: {}", detail)
+            else:
+                log.info("forwarding caught up ({:.1f} s behind)", self.lag)
+            await self.outbox.observe([Observation("sidecar", "forward_lagging", ok=not over, detail=detail)])
+            self.lagging = over
 
     def status(self) -> dict[str, object]:
         """What ``forward_state`` shows (``xmppmon status``, metrics)."""
