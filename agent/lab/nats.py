@@ -57,6 +57,8 @@ class NatsNode(ServerProcess):
     tls: tuple[Path, Path] | None = None
     cluster_name: str | None = None
     routes: list[int] = field(default_factory=list)
+    #: More configuration lines, e.g. ``agent.lab.nats_auth.Operator.config()`` for decentralised auth.
+    extra: str = ""
 
     port: int = field(default=0, init=False)
     http_port: int = field(default=0, init=False)
@@ -104,7 +106,7 @@ class NatsNode(ServerProcess):
             lines.append(
                 f"cluster {{ name: {self.cluster_name}, listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}"
             )
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.extra
 
     def start(self, timeout: float = 30.0, wait: bool = True) -> None:
         """Launch the node; with ``wait``, block until its monitoring port says it is healthy."""
@@ -152,6 +154,7 @@ class NatsCluster:
     max_payload: int | None = None
     token: str | None = None
     tls: tuple[Path, Path] | None = None
+    extra: str = ""
     nodes: list[NatsNode] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -159,7 +162,7 @@ class NatsCluster:
         for i in range(self.size):
             node = NatsNode(
                 Path(self.workdir) / f"n{i + 1}", name=f"n{i + 1}", max_payload=self.max_payload,
-                token=self.token, tls=self.tls, cluster_name="xmppmon-lab" if clustered else None,
+                token=self.token, tls=self.tls, cluster_name="xmppmon-lab" if clustered else None, extra=self.extra,
             )  # fmt: skip
             node.pick_ports()
             self.nodes.append(node)

@@ -83,6 +83,7 @@ class Forwarder:
             with contextlib.suppress(Exception):
                 await self._save(force=True)
                 self.state = "stopped"
+                self.lag, self.pending = await self._log.waiting(self.acked, self.sources)
                 await self._log.save(None, [], self.status())
             await self._log.close()
 

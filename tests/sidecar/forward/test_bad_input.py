@@ -17,12 +17,14 @@ from typing import Any
 import nats
 import orjson
 import pytest
+from nats.aio.client import RawCredentials
 from nats.js.api import StreamConfig
 
 from agent.config import Settings, load_settings
 from agent.events import parse_event
 from agent.lab.emulator.wire import KINDS, make_payload, utc_ts
 from agent.lab.nats import NatsCluster
+from agent.lab.nats_auth import Operator
 from agent.lab.tls import write_certificates
 from agent.sidecar.forward import Forwarder
 from agent.store import Store
@@ -92,6 +94,32 @@ async def test_wrong_credential_is_one_line_and_records_wait(tmp_path: Path, cap
             await wait_until(lambda: caught_up(db), what="forwarded with the right token")
         nc_urls = [u.replace("nats://", "nats://the-right-token@") for u in cluster.urls]
         assert_exactly_once(await read_stream(nc_urls), db)
+
+
+async def test_creds_file_authenticates_and_a_foreign_one_is_one_line(tmp_path: Path, captured_logs: list[str]) -> None:
+    """A server in operator mode: a .creds text (JWT and seed) forwards; one from another operator is refused in one line."""
+    db = tmp_path / "m.db"
+    await write_events(db, 200)
+    operator = Operator.create()
+    with NatsCluster(tmp_path / "nats", size=1, extra=operator.config()) as cluster:
+        async with forwarding(settings_for(db, cluster.urls, credentials=Operator.create().creds())) as forwarder:
+            await wait_until(lambda: forwarder.state == "refused", what="foreign credentials refused")
+            await asyncio.sleep(2)
+        refused = lines(captured_logs, "refused the credentials")
+        assert len(refused) == 1 and "XMPPMON_FORWARD__CREDENTIALS" in refused[0]
+        assert not caught_up(db)
+        creds = operator.creds()
+        async with forwarding(settings_for(db, cluster.urls, credentials=creds)):
+            await wait_until(lambda: caught_up(db), what="forwarded with the .creds file")
+        nc = await nats.connect(servers=cluster.urls, user_credentials=RawCredentials(creds))
+        try:
+            assert (await nc.jetstream().stream_info(STREAM)).state.messages == db_value(
+                db,
+                "SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM api_calls)"
+                " + (SELECT count(*) FROM state_changes)",
+            )
+        finally:
+            await nc.close()
 
 
 async def test_conflicting_stream_is_one_line_then_forwarding_resumes(

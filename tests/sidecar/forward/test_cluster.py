@@ -8,7 +8,10 @@ committed record exactly once, each subject in record order.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,6 +104,11 @@ async def test_50k_events_reach_an_r3_stream_exactly_once_in_order(
     assert float(forward_state(db, "lag_seconds") or 99) < 5
     assert sidecar.stop() == 0 and agent.stop() == 0
     assert "Traceback" not in sidecar.text()
+    shown = subprocess.run([sys.executable, "-m", "agent", "status", "--json", "--database", str(db)],
+                           capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    forward = json.loads(shown.stdout)["forward"]
+    assert forward["state"] == "stopped" and forward["stream"] == STREAM and forward["dead_letters"] == 0
+    assert forward["pending"] == 0 and forward["lag_seconds"] < 5 and forward["error"] is None
 
 
 async def test_a_node_killed_mid_stream_then_restarted(
