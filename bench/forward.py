@@ -5,7 +5,9 @@ Usage: .venv/bin/python bench/forward.py [--events 100000] [--rates 1000,10000] 
 Everything runs on 127.0.0.1 in a temporary directory, as separate processes as in production,
 measured from outside (the database and the stream), and stops by itself. Prints:
 
-* throughput: the agent's ingest rate (records committed per second, first arrival to last) and
+* capacity: the agent alone (forwarding off) ingests ``--events``; then a forwarding sidecar drains
+  that backlog: the forwarder's own rate against the agent's ingest rate;
+* throughput: the agent with forwarding on: the agent's ingest rate (records committed per second, first arrival to last) and
   the forwarder's rate (records stored in the stream per second, its first to its last message),
   in the same run of ``--events`` events sent as fast as the emulator can; their ratio, and how
   long after the last commit the last record was in the stream;
@@ -55,7 +57,9 @@ def peak_mb(pid: int) -> float:
 class Pair:
     """An agent and a forwarding sidecar for one account, its own database and stream."""
 
-    def __init__(self, server: ProsodyServer, cluster: NatsCluster, workdir: Path, name: str) -> None:
+    def __init__(
+        self, server: ProsodyServer, cluster: NatsCluster, workdir: Path, name: str, forward: bool = True
+    ) -> None:
         self.jid = server.register(name, "pw")
         self.db = workdir / f"{name}.db"
         self.stream = f"BENCH_{name.upper()}"
@@ -67,11 +71,14 @@ class Pair:
             "XMPPMON_FORWARD__NATS_URLS": json.dumps(cluster.urls), "XMPPMON_FORWARD__STREAM": self.stream,
             "XMPPMON_FORWARD__ACCOUNT": name,
         }  # fmt: skip
+        if not forward:
+            self.env["XMPPMON_FORWARD__NATS_URLS"] = "[]"
+        self.forward = forward
         self.agent = subprocess.Popen([PY, "-m", "agent", "run"], env=self.env)
         self.sidecar = subprocess.Popen([PY, "-m", "agent", "sidecar"], env=self.env)
         deadline = time.monotonic() + 60
         while not (self.value("SELECT value FROM agent_state WHERE key='session'") == "connected"
-                   and self.value("SELECT value FROM forward_state WHERE key='state'") == "forwarding"):  # fmt: skip
+                   and (not forward or self.value("SELECT value FROM forward_state WHERE key='state'") == "forwarding")):  # fmt: skip
             if time.monotonic() > deadline:
                 raise RuntimeError("agent or forwarder not ready in 60 s")
             time.sleep(0.05)
@@ -84,6 +91,8 @@ class Pair:
         return sum(int(self.value(f"SELECT count(*) FROM {t}") or 0) for t in TABLES)
 
     def forwarded(self) -> bool:
+        if not self.forward:
+            return True
         for table in TABLES:
             top = self.value(f"SELECT coalesce(max(id), 0) FROM {table}")
             cursor = self.value(f"SELECT last_id FROM forward_cursor WHERE source = '{table}'")
@@ -166,6 +175,22 @@ def main() -> None:
         server.start()
         cluster.start()
         try:
+            # The same blast without forwarding first: what the agent ingests when nothing reads behind it.
+            pair = Pair(server, cluster, workdir, "alone", forward=False)
+            emulate(server, pair.jid, events, 0, args.batch).wait(600)
+            wait(pair, events, 600)
+            alone = pair.rows() / (epoch(str(pair.value("SELECT max(received_at) FROM events")))
+                                   - epoch(str(pair.value("SELECT min(received_at) FROM events"))))  # fmt: skip
+            # Then a sidecar that forwards, started on that backlog: the forwarder's own capacity.
+            pair.sidecar.terminate()
+            pair.sidecar.wait(30)
+            pair.env["XMPPMON_FORWARD__NATS_URLS"] = json.dumps(cluster.urls)
+            pair.forward = True
+            pair.sidecar = subprocess.Popen([PY, "-m", "agent", "sidecar"], env=pair.env)
+            wait(pair, events, 600)
+            drained, d_first, d_last = asyncio.run(stream_ends(cluster.urls, pair.stream))
+            drain = drained / (d_last - d_first)
+            pair.stop()
             pair = Pair(server, cluster, workdir, "blast")
             emu = emulate(server, pair.jid, events, 0, args.batch)
             wait(pair, events, 600)
@@ -202,6 +227,10 @@ def main() -> None:
           f"{'last in stream after last commit':>32} {'sidecar RSS start→peak MB':>26}")  # fmt: skip
     print(f"{rows:>8} {messages:>9} {ingest:>11,.0f} {forward:>15,.0f} {forward / ingest:>6.2f} "
           f"{tail:>30.2f} s {rss0:>14.1f} → {rss1:.1f}")  # fmt: skip
+    print(f"the agent alone (no forwarding), same events, same run: {alone:,.0f} rec/s;"
+          f" with forwarding it ingested {ingest / alone:.2f} x that")  # fmt: skip
+    print(f"the forwarder draining that run's backlog of {drained:,} records: {drain:,.0f} rec/s,"
+          f" {drain / alone:.2f} x the agent's ingest rate alone")  # fmt: skip
     print("\nlag, JetStream timestamp - received_at, per record (10 events/stanza):")
     print(f"{'target ev/s':>11} {'achieved':>9} {'records':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} "
           f"{'sidecar RSS start→peak MB':>26}")  # fmt: skip
