@@ -56,6 +56,7 @@ class Forwarder:
         self._log: ChangeLog | None = None
         self._saved: Position | None = None
         self._last_save = 0.0
+        self._trouble_logged = 0.0
 
     @property
     def position(self) -> Position:
@@ -165,13 +166,16 @@ class Forwarder:
         expected = last_seq
         skip = await self._log.dead_above(sent)
         poll = self.cfg.poll_ms / 1000
-        self._ok()
         count = 0
         while not stop.is_set() and window.failure is None:
+            if window.acks and self.state != "forwarding":
+                self._ok()  # healthy (again) only once the stream acknowledged something
             records = await self._log.read(sent, self.sources, _READ_BATCH)
             if not records:
                 if window.in_flight == 0:
                     window.acked = sent  # only skipped (dead-lettered) records were left
+                    if self.state != "forwarding":
+                        self._ok()  # caught up
                 self.acked = window.acked
                 await self._save()
                 window.check_expiry()
@@ -257,16 +261,23 @@ class Forwarder:
         }  # fmt: skip
 
     def _trouble(self, state: str, problem: str) -> None:
-        """Log a problem once (not again while it lasts): an error if an operator must act, else a warning."""
-        if problem != self.problem:
+        """Log a problem once while it lasts: an error if an operator must act, else a warning.
+
+        While the state stays the same, a differently worded problem (another server refusing the
+        connection during one outage) is logged at most once a minute.
+        """
+        now = time.monotonic()
+        if state != self.state or (problem != self.problem and now - self._trouble_logged > 60):
             level = "ERROR" if state == "refused" else "WARNING"
             log.log(level, "forwarding to NATS held back: {}; records wait in the database", problem)
+            self._trouble_logged = now
         self.state, self.problem = state, problem
 
     def _ok(self) -> None:
         if self.problem is not None:
             log.info("forwarding to stream {} again", self.cfg.stream)
         self.state, self.problem = "forwarding", None
+        self._trouble_logged = 0.0
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
