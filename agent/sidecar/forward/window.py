@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 import orjson
 from loguru import logger
 from nats.aio.client import Client as NATS
@@ -93,7 +94,12 @@ class Window:
             return False
         token = str(next(self._tokens))
         self._flights[token] = flight
-        await self.nc.publish(flight.subject, flight.message, reply=self._prefix + token, headers=headers)
+        try:
+            await self.nc.publish(flight.subject, flight.message, reply=self._prefix + token, headers=headers)
+        except (nats.errors.Error, OSError) as exc:  # closed, or the reconnect buffer is full
+            del self._flights[token]
+            self._fail(f"cannot publish: {exc or type(exc).__name__}")
+            return False
         return True
 
     async def drain(self) -> None:
