@@ -13,6 +13,8 @@ measured from outside (the database and the stream), and stops by itself. Prints
   long after the last commit the last record was in the stream;
 * lag at each of ``--rates`` events/s for ``--seconds``: for every record, JetStream's timestamp
   of its message minus the record's ``received_at`` (the agent's arrival time), p50 and p99;
+* the same lag with the agent's store committing at each rate in this process (no XMPP server),
+  which isolates forwarding from what Prosody can route on the machine at hand;
 * the sidecar's RSS after start and its peak (VmHWM).
 """
 
@@ -106,6 +108,15 @@ class Pair:
             proc.wait(30)
 
 
+def _direct_done(db: Path) -> bool:
+    for table in TABLES:
+        top = _value(db, f"SELECT coalesce(max(id), 0) FROM {table}")
+        cursor = _value(db, f"SELECT last_id FROM forward_cursor WHERE source = '{table}'")
+        if top is None or cursor is None or int(cursor) < int(top):  # type: ignore[call-overload]
+            return False
+    return True
+
+
 def emulate(server: ProsodyServer, jid: str, count: int, rate: float, batch: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [PY, "-m", "agent", "emulate", "--port", str(server.component_port), "--to", jid, "--count", str(count),
@@ -152,6 +163,38 @@ async def lags(urls: list[str], stream: str) -> list[float]:
         return found
     finally:
         await nc.close()
+
+
+async def direct_writes(db: Path, rate: float, seconds: float) -> int:
+    """The agent's store in this process (no XMPP server) committing ``rate`` events/s of every kind."""
+    import random
+
+    import orjson
+    from loguru import logger
+
+    from agent.config import load_settings
+    from agent.events import parse_event
+    from agent.lab.emulator.wire import KINDS, make_payload, utc_ts
+    from agent.store import Store
+
+    logger.remove()
+    count = int(rate * seconds)
+    rng = random.Random(7)
+    ts = utc_ts(time.time())
+    events = [parse_event({"id": f"d-{i:08d}", "kind": KINDS[i % len(KINDS)], "app": "demo", "ts": ts},
+                          orjson.dumps(make_payload(KINDS[i % len(KINDS)], rng)).decode(), 65536)
+              for i in range(count)]  # fmt: skip
+    store = await Store.open(load_settings(None, store={"path": str(db)}).store)
+    started, sent = time.perf_counter(), 0
+    while sent < count:
+        due = min(count, int((time.perf_counter() - started) * rate))
+        if due > sent:
+            store.submit_events(events[sent:due], utc_ts(time.time()))
+            sent = due
+        await asyncio.sleep(0.002)
+    await store.barrier()
+    await store.close()
+    return count
 
 
 def pct(values: list[float], q: float) -> float:
@@ -218,6 +261,31 @@ def main() -> None:
                 lag_rows.append((rate, achieved, len(found), pct(found, 0.5), pct(found, 0.99), max(found),
                                  pair.rss_start, peak_mb(pair.sidecar.pid)))  # fmt: skip
                 pair.stop()
+            direct_rows = []
+            for rate in (float(r) for r in args.rates.split(",")):
+                db = workdir / f"direct{int(rate)}.db"
+                stream = f"BENCH_DIRECT{int(rate)}"
+                env = os.environ | {
+                    "XMPPMON_STORE__PATH": str(db), "XMPPMON_LOG__LEVEL": "WARNING", "XMPPMON_SIDECAR__SINKS": "[]",
+                    "XMPPMON_FORWARD__NATS_URLS": json.dumps(cluster.urls), "XMPPMON_FORWARD__STREAM": stream,
+                    "XMPPMON_FORWARD__ACCOUNT": f"direct{int(rate)}",
+                }  # fmt: skip
+                writer = asyncio.run(direct_writes(db, 1, 0.001))  # creates the database
+                sidecar = subprocess.Popen([PY, "-m", "agent", "sidecar"], env=env)
+                while _value(db, "SELECT value FROM forward_state WHERE key='state'") != "forwarding":
+                    time.sleep(0.05)
+                rss_start = rss_mb(sidecar.pid)
+                writer = asyncio.run(direct_writes(db, rate, seconds))
+                deadline = time.monotonic() + 300
+                while (_value(db, "SELECT count(*) FROM events") or 0) and not _direct_done(db):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("direct run not forwarded in 300 s")
+                    time.sleep(0.05)
+                found = asyncio.run(lags(cluster.urls, stream))
+                direct_rows.append((rate, writer, len(found), pct(found, 0.5), pct(found, 0.99), max(found),
+                                    rss_start, peak_mb(sidecar.pid)))  # fmt: skip
+                sidecar.terminate()
+                sidecar.wait(30)
         finally:
             cluster.stop()
             server.stop()
@@ -236,6 +304,12 @@ def main() -> None:
           f"{'sidecar RSS start→peak MB':>26}")  # fmt: skip
     for rate, achieved, n, p50, p99, top, r0, r1 in lag_rows:
         print(f"{rate:>11,.0f} {achieved:>9,.0f} {n:>8} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} {top * 1000:>8.1f} "
+              f"{r0:>14.1f} → {r1:.1f}")  # fmt: skip
+    print(
+        "\nthe same without Prosody: the agent's store commits at the rate in the bench process, the sidecar forwards:"
+    )
+    for rate, _count, n, p50, p99, top, r0, r1 in direct_rows:
+        print(f"{rate:>11,.0f} {rate:>9,.0f} {n:>8} {p50 * 1000:>8.1f} {p99 * 1000:>8.1f} {top * 1000:>8.1f} "
               f"{r0:>14.1f} → {r1:.1f}")  # fmt: skip
 
 
