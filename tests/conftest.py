@@ -15,6 +15,7 @@ from loguru import logger
 
 from agent.config import Settings, load_settings
 from agent.lab import emulator
+from agent.lab.nats import nats_available
 from agent.lab.prosody import ProsodyServer, prosody_available
 from agent.store import connect_readonly
 
@@ -26,6 +27,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if any(item.get_closest_marker("prosody") for item in items) and not prosody_available():
         raise pytest.UsageError(
             "Debian's prosody is not installed: run the README's test command (make test), which installs it"
+        )
+    if any(item.get_closest_marker("nats") for item in items) and not nats_available():
+        raise pytest.UsageError(
+            "Debian's nats-server is not installed: run the README's test command (make test), which installs it"
         )
 
 

@@ -169,6 +169,13 @@ CATALOGUE: Final[dict[str, Status]] = {
             "check the sink's token or URL in XMPPMON_SIDECAR__SINKS",
         ),
         _S(
+            "forward_lagging",
+            "records wait longer than XMPPMON_FORWARD__MAX_LAG_SECONDS to reach the NATS JetStream cluster",
+            "relay",
+            "warning",
+            "see forward in xmppmon status and the sidecar's log; records wait in the database, none is lost",
+        ),
+        _S(
             "dead_letter",
             "a sink rejected a notification for good",
             "delivery",

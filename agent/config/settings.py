@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from agent.config.azure import AzureSettings
 from agent.config.observe import HealthSettings, MetricsSettings
+from agent.config.forward import ForwardSettings
 from agent.config.relay import AlertSettings, SidecarSettings
 from agent.config.sections import (
     ExportSettings,
@@ -59,6 +60,7 @@ class Settings(BaseSettings):
     azure: AzureSettings = Field(default_factory=AzureSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -25,6 +25,7 @@ from agent.alerts import Observation
 from agent.config import Settings, WebhookSink, XmppSink
 from agent.events import epoch
 from agent.metrics.sidecar import sidecar_metrics
+from agent.sidecar.forward import Forwarder
 from agent.sidecar.http import Round
 from agent.sidecar.instrumentation import InstrumentedClient
 from agent.sidecar.sinks.alertmanager import AlertmanagerRelay
@@ -91,6 +92,8 @@ class Sidecar:
         self.notifier.ready(f"relaying to {', '.join(self.relays) or 'no sink'}")
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._watch(stop))
+            if self.settings.forward.enabled:
+                tasks.create_task(Forwarder(self.settings, self.outbox).run(stop))
             for name, relay in self.relays.items():
                 tasks.create_task(self._deliver_loop(name, relay, stop))
 

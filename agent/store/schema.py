@@ -281,6 +281,91 @@ MIGRATIONS: Final[tuple[tuple[int, str, str], ...]] = (
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        7,
+        "forwarding to NATS JetStream: state changes, cursor, dead letters, status",
+        """
+        -- What the sidecar forwards (docs/scale.md): events, api_calls and notifications by their
+        -- rowid (append-only, in commit order); state changes from this table, written by the
+        -- triggers below in the transaction of the upsert, because a state table keeps only the
+        -- newest value. AUTOINCREMENT: an id is never reused, even after pruning.
+        CREATE TABLE state_changes (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind        TEXT NOT NULL,      -- device, tag, token, push
+            app         TEXT NOT NULL,
+            event_id    TEXT NOT NULL,      -- the event that made the change
+            ts          TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            state       TEXT NOT NULL       -- JSON object: the row's key and values after the change
+        );
+        CREATE TRIGGER devices_changed AFTER INSERT ON devices BEGIN
+            INSERT INTO state_changes (kind, app, event_id, ts, received_at, state) VALUES ('device',
+                new.app, new.event_id, new.ts, new.received_at,
+                json_object('device_id', new.device_id, 'payload', json(new.payload)));
+        END;
+        CREATE TRIGGER devices_updated AFTER UPDATE ON devices BEGIN
+            INSERT INTO state_changes (kind, app, event_id, ts, received_at, state) VALUES ('device',
+                new.app, new.event_id, new.ts, new.received_at,
+                json_object('device_id', new.device_id, 'payload', json(new.payload)));
+        END;
+        CREATE TRIGGER tags_changed AFTER INSERT ON tags BEGIN
+            INSERT INTO state_changes (kind, app, event_id, ts, received_at, state) VALUES ('tag',
+                new.app, new.event_id, new.ts, new.received_at,
+                json_object('device_id', new.device_id, 'name', new.name, 'value', json(new.value)));
+        END;
+        CREATE TRIGGER tags_updated AFTER UPDATE ON tags BEGIN
+            INSERT INTO state_changes (kind, app, event_id, ts, received_at, state) VALUES ('tag',
+                new.app, new.event_id, new.ts, new.received_at,
+                json_object('device_id', new.device_id, 'name', new.name, 'value', json(new.value)));
+        END;
+        CREATE TRIGGER tokens_changed AFTER INSERT ON tokens BEGIN
+            INSERT INTO state_changes (kind, app, event_id, ts, received_at, state) VALUES ('token',
+                new.app, new.event_id, new.ts, new.received_at,
+                json_object('device_id', new.device_id, 'token', new.token,
+                            'valid', json(CASE WHEN new.valid THEN 'true' ELSE 'false' END)));
+        END;
+        CREATE TRIGGER tokens_updated AFTER UPDATE ON tokens BEGIN
+            INSERT INTO state_changes (kind, app, event_id, ts, received_at, state) VALUES ('token',
+                new.app, new.event_id, new.ts, new.received_at,
+                json_object('device_id', new.device_id, 'token', new.token,
+                            'valid', json(CASE WHEN new.valid THEN 'true' ELSE 'false' END)));
+        END;
+        CREATE TRIGGER push_changed AFTER INSERT ON push_feedback BEGIN
+            INSERT INTO state_changes (kind, app, event_id, ts, received_at, state) VALUES ('push',
+                new.app, new.event_id, new.ts, new.received_at,
+                json_object('device_id', new.device_id, 'campaign_id', new.campaign_id, 'action', new.action));
+        END;
+        CREATE TRIGGER push_updated AFTER UPDATE ON push_feedback BEGIN
+            INSERT INTO state_changes (kind, app, event_id, ts, received_at, state) VALUES ('push',
+                new.app, new.event_id, new.ts, new.received_at,
+                json_object('device_id', new.device_id, 'campaign_id', new.campaign_id, 'action', new.action));
+        END;
+
+        -- The highest id of each source whose publish JetStream acknowledged (events, api_calls,
+        -- state_changes, notifications). Retention keeps every row above it (agent.store.changes).
+        CREATE TABLE forward_cursor (
+            source TEXT PRIMARY KEY, last_id INTEGER NOT NULL, updated_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+
+        -- Records the cluster can never take (over its max_payload), with the reason and the message.
+        CREATE TABLE forward_dead (
+            id         INTEGER PRIMARY KEY,
+            source     TEXT NOT NULL,
+            record_id  INTEGER NOT NULL,
+            subject    TEXT NOT NULL,
+            bytes      INTEGER NOT NULL,
+            reason     TEXT NOT NULL,
+            message    TEXT NOT NULL,      -- the JSON that could not be published
+            created_at TEXT NOT NULL,
+            UNIQUE (source, record_id)
+        );
+
+        -- The forwarder's state for `xmppmon status` and metrics: lag_seconds, pending, stream, ...
+        CREATE TABLE forward_state (
+            key TEXT PRIMARY KEY, value TEXT, updated_at TEXT NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 )
 
 SCHEMA_VERSION: Final = MIGRATIONS[-1][0]

@@ -31,7 +31,9 @@ def systemd_analyze() -> str:
     return path
 
 
-@pytest.fixture(params=["xmppmon-agent.service", "xmppmon-sidecar.service", "xmppmon-agent@.service"])
+@pytest.fixture(
+    params=["xmppmon-agent.service", "xmppmon-sidecar.service", "xmppmon-agent@.service", "xmppmon-sidecar@.service"]
+)
 def unit(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return installed_copy(tmp_path, request.param)
 
