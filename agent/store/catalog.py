@@ -131,6 +131,27 @@ TABLES: Final[dict[str, tuple[str, dict[str, str]]]] = {
          "app": "where it was first seen", "event_id": "the first event that carried it",
          "first_seen": "when it was first seen", "last_seen": "when it was last seen", "count": "how often"},
     ),
+    "state_changes": (
+        "Every upsert that changed a state table (written by triggers), for forwarding to NATS JetStream",
+        {"id": "change number, in commit order", "kind": "device, tag, token or push", "app": "the application",
+         "event_id": "the event that made the change", "ts": "its event time", "received_at": "when it arrived",
+         "state": "JSON object: the row's key and values after the change"},
+    ),
+    "forward_cursor": (
+        "How far the sidecar's forwarder got per source (events, api_calls, state_changes, notifications)",
+        {"source": "the table forwarded", "last_id": "highest row whose publish JetStream acknowledged",
+         "updated_at": "last change"},
+    ),
+    "forward_dead": (
+        "Records JetStream refused for good (too large for the server), with the reason; the rest flowed on",
+        {"id": "row number", "source": "the table", "record_id": "the record's row id", "subject": "its subject",
+         "bytes": "message size", "reason": "why it was refused", "message": "the JSON that could not be published",
+         "created_at": "when"},
+    ),
+    "forward_state": (
+        "The forwarder's state for xmppmon status and metrics (lag_seconds, pending, stream, error, ...)",
+        {"key": "what", "value": "its value", "updated_at": "when it was written"},
+    ),
     "schema_migrations": (
         "The schema migrations applied to this database",
         {"version": "migration number", "name": "what it adds", "applied_at": "when it was applied"},
