@@ -19,12 +19,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
-    """Relay alert notifications to the sinks of XMPPMON_SIDECAR__SINKS until SIGTERM."""
+    """Relay alert notifications to the sinks of XMPPMON_SIDECAR__SINKS until SIGTERM; SIGHUP reloads."""
     settings = settings_of(args)
     setup_logs(settings)
     from agent.sidecar.runner import run_sidecar
 
-    asyncio.run(run_sidecar(settings))
+    asyncio.run(run_sidecar(settings, load=lambda: settings_of(args)))
     return 0
 
 
