@@ -44,7 +44,7 @@ Check = Callable[[Settings], None]
 
 #: The agent: what it changes in place, and what it does not use. Everything else needs a new session.
 AGENT_IN_PLACE = ("log", "alerts", "retention")
-AGENT_IGNORED = ("export", "sidecar")
+AGENT_IGNORED = ("export", "azure", "sidecar")
 
 
 def changed(old: BaseModel, new: BaseModel, prefix: str = "") -> list[str]:

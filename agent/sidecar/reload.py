@@ -38,7 +38,7 @@ Loop = Callable[[str, Relay, asyncio.Event], Coroutine[Any, Any, None]]
 #: (the database, and the server an xmpp sink connects to).
 IN_PLACE = ("log", "alerts", "sidecar")
 IGNORED = (
-    "monitor", "keepalive", "reconnect", "plugins", "export", "retention",
+    "monitor", "keepalive", "reconnect", "plugins", "export", "azure", "retention",
     "xmpp.jid",  # only checked against the xmpp sinks' accounts, with the new value (check_sinks)
     "xmpp.password", "xmpp.resource",
     "store.batch_size", "store.flush_ms", "store.heartbeat_seconds", "store.stall_seconds",
