@@ -87,12 +87,14 @@ class Reloader:
         *,
         in_place: tuple[str, ...],
         ignored: tuple[str, ...],
+        restart: tuple[str, ...] = (),
         notifier: Notifier | None = None,
     ) -> None:
+        """``restart`` names settings inside an ``in_place`` section that still need a restart."""
         #: The settings in force: the last good file, with what needs a restart at its start value.
         self.settings = settings
         self.load = load
-        self.in_place, self.ignored = in_place, ignored
+        self.in_place, self.ignored, self.restart = in_place, ignored, restart
         self.notifier = notifier
         self.appliers: list[Apply] = []
         self.checks: list[Check] = []
@@ -153,8 +155,11 @@ class Reloader:
     async def _apply(self, new: Settings) -> str:
         old = self.settings
         names = changed(old, new)
-        restart = [n for n in names if not matches(n, self.in_place) and not matches(n, self.ignored)]
-        applied = [n for n in names if matches(n, self.in_place)]
+        restart = [
+            n for n in names
+            if matches(n, self.restart) or not (matches(n, self.in_place) or matches(n, self.ignored))
+        ]  # fmt: skip
+        applied = [n for n in names if matches(n, self.in_place) and n not in restart]
         self.settings = running = keep(old, new, restart)
         fresh = set(secrets_of(new)) - self._secrets
         self._secrets |= fresh

@@ -145,3 +145,20 @@ async def test_sighups_during_a_reload_make_one_more_reload(tmp_path: Path) -> N
 def test_the_agent_needs_a_restart_for_its_session_and_store(section: str) -> None:
     """What makes the session or the store is neither applied in place nor ignored by the agent."""
     assert not matches(f"{section}.anything", AGENT_IN_PLACE) and not matches(f"{section}.anything", AGENT_IGNORED)
+
+
+async def test_a_setting_bound_at_start_needs_a_restart_inside_a_section_applied_in_place(tmp_path: Path) -> None:
+    """``restart`` wins over ``in_place``: sidecar.metrics_listen stays, sidecar.poll_seconds is applied."""
+    path = write(tmp_path / "agent.toml", BASE)
+    reloader = Reloader(load_settings(path), lambda: load_settings(path), in_place=("sidecar",), ignored=("alerts",),
+                        restart=("sidecar.metrics_listen",))  # fmt: skip
+    seen: list[frozenset[str]] = []
+
+    async def apply(old: Settings, new: Settings, applied: frozenset[str]) -> None:
+        seen.append(applied)
+
+    reloader.appliers.append(apply)
+    write(path, BASE.replace("poll_seconds = 1.0", 'poll_seconds = 2.0\nmetrics_listen = "127.0.0.1:9999"'))
+    assert await reloader.reload()
+    assert seen == [frozenset({"sidecar.poll_seconds"})]
+    assert reloader.settings.sidecar.poll_seconds == 2.0 and reloader.settings.sidecar.metrics_listen == ""

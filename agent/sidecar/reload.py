@@ -38,12 +38,14 @@ Loop = Callable[[str, Relay, asyncio.Event], Coroutine[Any, Any, None]]
 #: (the database, and the server an xmpp sink connects to).
 IN_PLACE = ("log", "alerts", "sidecar")
 IGNORED = (
-    "monitor", "keepalive", "reconnect", "plugins", "export", "azure", "retention",
+    "monitor", "keepalive", "reconnect", "plugins", "export", "azure", "retention", "metrics", "health",
     "xmpp.jid",  # only checked against the xmpp sinks' accounts, with the new value (check_sinks)
     "xmpp.password", "xmpp.resource",
     "store.batch_size", "store.flush_ms", "store.heartbeat_seconds", "store.stall_seconds",
     "store.max_backlog_records", "store.max_backlog_mb", "store.max_commit_records", "store.identity_window",
 )  # fmt: skip
+#: Inside ``sidecar``, but bound once at start: the metrics listener.
+RESTART = ("sidecar.metrics_listen",)
 #: How long a reload waits for a stopped sink's round in progress before cancelling it.
 STOP_GRACE = 30.0
 
@@ -126,6 +128,8 @@ async def apply_sinks(sidecar: Sidecar, old: Settings, new: Settings) -> None:
             await sidecar.outbox.observe([Observation("sidecar", "sink_failing", api=name, ok=True)])
         sidecar.dead_letters.discard(name)
     if removed or replaced or added:
+        for listener in sidecar.on_sinks:
+            listener(list(sidecar.relays))
         listed = [", ".join(names) or "none" for names in (added, replaced, removed, list(sidecar.relays))]
         log.info("sinks reloaded: added {}, replaced {}, removed {}; relaying to {}", *listed)
         await sidecar.outbox.sync(sidecar.orders)  # a new sink takes the open alerts now
@@ -133,7 +137,7 @@ async def apply_sinks(sidecar: Sidecar, old: Settings, new: Settings) -> None:
 
 def sidecar_reloader(settings: Settings, load: Callable[[], Settings]) -> Reloader:
     """The sidecar's reloader, listening for SIGHUP; :func:`sidecar_applies` adds the running sidecar."""
-    reloader = Reloader(settings, load, in_place=IN_PLACE, ignored=IGNORED)
+    reloader = Reloader(settings, load, in_place=IN_PLACE, ignored=IGNORED, restart=RESTART)
     reloader.checks.append(check_sinks)
     reloader.listen()
     return reloader

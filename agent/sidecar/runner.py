@@ -63,6 +63,8 @@ class Sidecar:
         self._wake = asyncio.Event()
         #: Called after each recorded delivery round with the sink's name and the round (metrics).
         self.on_round: list[Callable[[str, Round], None]] = []
+        #: Called with the sinks' names after a reload changed them (metrics).
+        self.on_sinks: list[Callable[[list[str]], None]] = []
         #: Each sink's delivery policy (agent.store.sequencing): what a later notification replaces.
         self.orders: dict[str, Policy] = {}
         #: Each sink's delivery task, from run() on.
@@ -233,6 +235,7 @@ async def run_sidecar(
         with sidecar_metrics(settings, list(sidecar.relays), sidecar.failing) as metrics:
             if metrics is not None:
                 sidecar.on_round.append(metrics.round_hook)
+                sidecar.on_sinks.append(metrics.sinks_changed)
             await sidecar.run(stop)
     finally:
         sidecar.notifier.stopping("stopping: finishing the current delivery round")

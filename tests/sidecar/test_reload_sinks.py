@@ -11,7 +11,10 @@ from typing import Any
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
+from agent.lab.net import free_loopback_port
+
 from ..conftest import wait_until
+from ..metrics.test_agent_metrics import scrape
 from ..systemd import test_notify
 from ..systemd.test_notify import NotifySocket, stop_agent
 from ..systemd.test_reload import clean_env, hangup, start, text, write_config
@@ -21,12 +24,18 @@ from .test_webhook import FAST, Recorder, ok, query, states
 notify, processes = test_notify.notify, test_notify.processes  # the fixtures, shared
 
 
-def config(db: Path, *sinks: dict[str, Any]) -> dict[str, Any]:
+def config(db: Path, port: int, *sinks: dict[str, Any]) -> dict[str, Any]:
     return {
         "store": {"path": db},
-        "sidecar": {"poll_seconds": 0.05, "agent_down_after": 3600, "sinks": list(sinks)},
+        "sidecar": {"poll_seconds": 0.05, "agent_down_after": 3600, "sinks": list(sinks),
+                    "metrics_listen": f"127.0.0.1:{port}"},
         "log": {"level": "INFO"},
-    }
+    }  # fmt: skip
+
+
+def sinks_up(port: int) -> list[str]:
+    """The sinks the sidecar's /metrics has an xmppmon_sink_up series for."""
+    return sorted(dict(labels)["sink"] for name, labels in scrape(port) if name == "xmppmon_sink_up")
 
 
 def attempts(db: Path, sink: str) -> int:
@@ -40,6 +49,7 @@ async def test_sighup_adds_removes_and_replaces_webhook_sinks_without_losing_pen
     notification kept in delivery_state; added back, it delivers that and what came meanwhile; a replaced sink
     goes on from its own state without sending anything twice; RELOADING=1 and READY=1 each time."""
     db, log, path = tmp_path / "m.db", tmp_path / "sidecar.log", tmp_path / "sidecar.toml"
+    port = free_loopback_port()
     down = {"a": False}
     with HTTPServer(host="127.0.0.1") as http:
         a = Recorder(lambda m: Response("down", status=500) if down["a"] else ok(m))
@@ -48,7 +58,7 @@ async def test_sighup_adds_removes_and_replaces_webhook_sinks_without_losing_pen
         http.expect_request("/b").respond_with_handler(b)
         sink_a = {"type": "webhook", "name": "a", "url": http.url_for("/a"), **FAST}
         sink_b = {"type": "webhook", "name": "b", "url": http.url_for("/b"), **FAST}
-        write_config(path, config(db, sink_a))
+        write_config(path, config(db, port, sink_a))
         proc = start("sidecar", path, log, clean_env(notify))
         processes.append(proc)
         await wait_until(lambda: notify.with_key("READY"), 20, "READY=1")
@@ -56,14 +66,16 @@ async def test_sighup_adds_removes_and_replaces_webhook_sinks_without_losing_pen
         await commit(db, ("gone", 401), ("gone", 200), ("open", 401))  # one alert resolved, one firing
         await wait_until(settled(db, "a"), 20, "sink a took the outbox")
         assert sorted(a.received()) == sorted(k for (k,) in query(db, "SELECT key FROM notifications"))
+        assert sinks_up(port) == ["a"]
 
         # Added: b is a new sink, so it gets the latest notification of the open alert, nothing resolved.
-        write_config(path, config(db, sink_a, sink_b))
+        write_config(path, config(db, port, sink_a, sink_b))
         line, status = await hangup(proc, log, "sinks reloaded", notify)
         assert "added b, replaced none, removed none; relaying to a, b" in line
         assert status == "reloaded: applied sidecar.sinks"
         await wait_until(settled(db, "a", "b"), 20, "sinks a and b settled")
         assert b.received() == [key_of(db, "open", "firing")]
+        assert sinks_up(port) == ["a", "b"]  # the metrics follow the sinks
 
         # Removed while a notification fails on it: it stays pending for a, and a is no longer tried.
         down["a"] = True
@@ -71,7 +83,7 @@ async def test_sighup_adds_removes_and_replaces_webhook_sinks_without_losing_pen
         more = key_of(db, "more", "firing")
         await wait_until(lambda: states(db, "b").get(more) == "delivered", 20, "b delivered 'more'")
         await wait_until(lambda: more in a.received(), 20, "a tried 'more'")
-        write_config(path, config(db, sink_b))
+        write_config(path, config(db, port, sink_b))
         line, _ = await hangup(proc, log, "sinks reloaded", notify)
         assert "removed a; relaying to b" in line
         tried = attempts(db, "a")
@@ -81,12 +93,17 @@ async def test_sighup_adds_removes_and_replaces_webhook_sinks_without_losing_pen
         await wait_until(lambda: states(db, "b").get(later) == "delivered", 20, "b delivered 'later'")
         assert attempts(db, "a") == tried, "a removed sink was tried again"
         assert later not in states(db, "a") and states(db, "a")[more] == "pending"
+        assert sinks_up(port) == ["b"]
 
         # Back, and b replaced (another batch size): a sends what it kept and what came meanwhile; b re-sends nothing.
+        # The metrics listener is bound at start: another port needs a restart, the sinks change all the same.
         down["a"] = False
-        write_config(path, config(db, sink_a | {"max_batch": 50}, sink_b | {"max_batch": 50}))
-        line, _ = await hangup(proc, log, "sinks reloaded", notify)
+        moved = config(db, free_loopback_port(), sink_a | {"max_batch": 50}, sink_b | {"max_batch": 50})
+        write_config(path, moved)
+        line, status = await hangup(proc, log, "sinks reloaded", notify)
         assert "added a, replaced b, removed none" in line
+        assert status == "reloaded: applied sidecar.sinks; needs restart: sidecar.metrics_listen"
+        assert sinks_up(port) == ["a", "b"]
         await wait_until(settled(db, "a", "b"), 20, "a and b settled again")
         assert states(db, "a")[more] == "delivered" and states(db, "a")[later] == "delivered"
         await commit(db, ("last", 402))
