@@ -21,8 +21,8 @@ from pydantic_settings import (
 )
 
 from agent.config.azure import AzureSettings
-from agent.config.observe import HealthSettings, MetricsSettings
 from agent.config.forward import ForwardSettings
+from agent.config.observe import HealthSettings, MetricsSettings
 from agent.config.relay import AlertSettings, SidecarSettings
 from agent.config.sections import (
     ExportSettings,

@@ -46,10 +46,12 @@ class SidecarMetrics:
 
     def __init__(self, settings: Settings, sinks: list[str], failing: set[str]) -> None:
         self.registry = r = new_registry()
+        #: The sinks, read at each scrape; a reload changes them (:meth:`sinks_changed`).
+        self.sinks, self._failing = sinks, failing
         self.delivered = Counter(
             "xmppmon_notifications_delivered", "Notifications delivered and confirmed, per sink", ["sink"], registry=r
         )
-        up = Gauge("xmppmon_sink_up", "1 while the sink answers deliveries", ["sink"], registry=r)
+        self.up = up = Gauge("xmppmon_sink_up", "1 while the sink answers deliveries", ["sink"], registry=r)
         #: Sinks whose last round reached them for no notification.
         self.unanswered: set[str] = set()
         for sink in sinks:
@@ -66,6 +68,17 @@ class SidecarMetrics:
                 "sink", pending, lambda: list(sinks),
             )
         )  # fmt: skip
+
+    def sinks_changed(self, names: list[str]) -> None:
+        """A reload changed the sinks: series for the new ones, none left for the removed ones."""
+        for sink in [s for s in self.sinks if s not in names]:
+            self.delivered.remove(sink)
+            self.up.remove(sink)
+            self.unanswered.discard(sink)
+        for sink in [s for s in names if s not in self.sinks]:
+            self.delivered.labels(sink)
+            self.up.labels(sink).set_function(functools.partial(self._up, sink, self._failing))
+        self.sinks[:] = names
 
     def _up(self, sink: str, failing: set[str]) -> float:
         return 0.0 if sink in failing or sink in self.unanswered else 1.0

@@ -6,7 +6,8 @@ man's switch (the agent's ``heartbeat`` row older than ``sidecar.agent_down_afte
 answers 401/403 raises ``sink_failing`` (its name in the ``api`` field), which the other sinks
 deliver; its first success afterwards resolves it. A notification a sink dead-letters raises
 ``dead_letter`` (warning, the sink in ``api``), which resolves after its class's ``quiet_seconds``
-without a new one; the sidecar's alerts are swept (quiet, repeats) while any of them fires.
+without a new one; the sidecar's alerts are swept (quiet, repeats) while any of them fires. SIGHUP
+reloads the settings: sinks are added, removed and replaced in place (``agent.sidecar.reload``).
 """
 
 from __future__ import annotations
@@ -22,21 +23,28 @@ from loguru import logger
 
 from agent import __version__
 from agent.alerts import Observation
-from agent.config import Settings, WebhookSink, XmppSink
+from agent.config import Settings, XmppSink
 from agent.events import epoch
 from agent.metrics.sidecar import sidecar_metrics
+from agent.reload import Reloader
 from agent.sidecar.forward import Forwarder
 from agent.sidecar.http import Round
-from agent.sidecar.instrumentation import InstrumentedClient
+from agent.sidecar.reload import (
+    Relay,
+    SinkLoops,
+    SinkSettings,
+    build_relay,
+    close_relay,
+    sidecar_applies,
+    sidecar_reloader,
+)
 from agent.sidecar.sinks.alertmanager import AlertmanagerRelay
-from agent.sidecar.sinks.webhook import WebhookRelay
-from agent.sidecar.sinks.xmpp import XmppRelay, check_account
+from agent.sidecar.sinks.xmpp import check_account
 from agent.store.outbox import Attempt, Outbox
+from agent.store.sequencing import Policy
 from agent.systemd import Notifier, stop_on_signals, watchdog_interval
 
 log = logger.bind(component="sidecar")
-
-Relay = WebhookRelay | AlertmanagerRelay | XmppRelay
 
 
 class Sidecar:
@@ -44,7 +52,7 @@ class Sidecar:
         self.settings = settings
         self.outbox = outbox
         self.relays: dict[str, Relay] = {}
-        self._clients: list[httpx.AsyncClient] = []
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self.failing: set[str] = set()
         #: Sinks whose dead_letter alert fires.
         self.dead_letters: set[str] = set()
@@ -56,30 +64,40 @@ class Sidecar:
         self._wake = asyncio.Event()
         #: Called after each recorded delivery round with the sink's name and the round (metrics).
         self.on_round: list[Callable[[str, Round], None]] = []
-        for name, cfg in settings.sidecar.named_sinks():
-            if isinstance(cfg, XmppSink):
-                self.relays[name] = XmppRelay(name, cfg, settings)
-                continue
-            client = httpx.AsyncClient(timeout=cfg.timeout)
-            self._clients.append(client)
-            http = InstrumentedClient(client, client_statistics=getattr(cfg, "client_statistics", False))
-            if isinstance(cfg, WebhookSink):
-                self.relays[name] = WebhookRelay(name, cfg, http)
-            else:
-                self.relays[name] = AlertmanagerRelay(name, cfg, http)
-        self._locks = {name: asyncio.Lock() for name in self.relays}
+        #: Called with the sinks' names after a reload changed them (metrics).
+        self.on_sinks: list[Callable[[list[str]], None]] = []
         #: Each sink's delivery policy (agent.store.sequencing): what a later notification replaces.
-        self.orders = {name: relay.order for name, relay in self.relays.items()}
+        self.orders: dict[str, Policy] = {}
+        #: Each sink's delivery task, from run() on.
+        self.loops: SinkLoops | None = None
+        #: Reloads on SIGHUP once run() has started the sinks (agent.sidecar.reload).
+        self.reloader: Reloader | None = None
+        for name, cfg in settings.sidecar.named_sinks():
+            self.add_sink(name, cfg)
+
+    def add_sink(self, name: str, cfg: SinkSettings) -> None:
+        """Build the sink's relay; once run() has started, start its delivery loop too."""
+        relay, client = build_relay(name, cfg, self.settings)
+        self.relays[name] = relay
+        if client is not None:
+            self._clients[name] = client
+        self._locks[name] = asyncio.Lock()
+        self.orders[name] = relay.order
+        if self.loops is not None:
+            self.loops.start(name, relay)
+
+    async def remove_sink(self, name: str) -> None:
+        """Stop the sink after its round in progress and close its relay; its delivery state stays stored."""
+        relay = self.relays.pop(name)
+        self.orders.pop(name, None)
+        if self.loops is not None:
+            await self.loops.stop(name)
+        async with self._locks[name]:  # an Alertmanager re-post in progress ends first
+            await close_relay(name, relay, self._clients.pop(name, None))
 
     async def close(self) -> None:
-        for name, relay in self.relays.items():
-            if isinstance(relay, XmppRelay):
-                try:
-                    await relay.close()
-                except Exception as exc:  # stopping goes on: the server drops the session itself
-                    log.warning("sink {}: closing the XMPP connection failed: {}: {}", name, type(exc).__name__, exc)
-        for client in self._clients:
-            await client.aclose()
+        for name, relay in list(self.relays.items()):
+            await close_relay(name, relay, self._clients.pop(name, None))
 
     async def run(self, stop: asyncio.Event) -> None:
         self.agent_down = await self.outbox.is_firing("agent_down")
@@ -94,8 +112,11 @@ class Sidecar:
             tasks.create_task(self._watch(stop))
             if self.settings.forward.enabled:
                 tasks.create_task(Forwarder(self.settings, self.outbox).run(stop))
+            self.loops = SinkLoops(tasks, self._deliver_loop, stop)
             for name, relay in self.relays.items():
-                tasks.create_task(self._deliver_loop(name, relay, stop))
+                self.loops.start(name, relay)
+            if self.reloader is not None:
+                tasks.create_task(self.reloader.serve(stop))
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -125,7 +146,8 @@ class Sidecar:
                     # Under the relay's lock, so that a resolution delivered meanwhile cannot be
                     # overtaken by a stale firing copy read before it.
                     async with self._locks[name]:
-                        await relay.repost(await self.outbox.firing())
+                        if self.relays.get(name) is relay:  # not removed by a reload meanwhile
+                            await relay.repost(await self.outbox.firing())
                 last_repost = now
             await self._sleep(stop, self.settings.sidecar.poll_seconds)
 
@@ -198,22 +220,31 @@ def _dead(attempt: Attempt) -> str:
     return f"notification {item.key} ({item.transition} {what}): {attempt.error}"
 
 
-async def run_sidecar(settings: Settings, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGTERM/SIGINT (or ``stop``)."""
+async def run_sidecar(
+    settings: Settings, stop: asyncio.Event | None = None, load: Callable[[], Settings] | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``); with ``load``, SIGHUP reloads the settings."""
     stop = stop_on_signals(stop)
+    reloader = sidecar_reloader(settings, load) if load is not None else None
     for name, cfg in settings.sidecar.named_sinks():
         if isinstance(cfg, XmppSink):
             check_account(name, cfg, settings)  # before anything is opened: one line, exit code 2
     outbox = await Outbox.open(settings.store.path, settings.alerts, settings.store.busy_timeout_ms)
     sidecar = Sidecar(settings, outbox)
+    if reloader is not None:
+        sidecar.reloader = reloader
+        sidecar_applies(reloader, sidecar)
     try:
         with sidecar_metrics(settings, list(sidecar.relays), sidecar.failing) as metrics:
             if metrics is not None:
                 sidecar.on_round.append(metrics.round_hook)
+                sidecar.on_sinks.append(metrics.sinks_changed)
             await sidecar.run(stop)
     finally:
         sidecar.notifier.stopping("stopping: finishing the current delivery round")
         await sidecar.close()
         await outbox.close()
         sidecar.notifier.close()
+        if reloader is not None:
+            reloader.close()
     log.info("sidecar stopped")

@@ -83,3 +83,12 @@ def test_units_carry_the_required_settings() -> None:
     sidecar = (UNITS / "xmppmon-sidecar.service").read_text()
     assert "ExecStart=/usr/bin/xmppmon sidecar" in sidecar
     assert "LoadCredential=xmpp__password" not in sidecar
+
+
+def test_units_reload_with_sighup() -> None:
+    """`systemctl reload` sends SIGHUP to the main process of each unit (agent.reload re-reads the settings)."""
+    for name in ("xmppmon-agent.service", "xmppmon-sidecar.service", "xmppmon-agent@.service"):
+        lines = (UNITS / name).read_text().splitlines()
+        assert [line for line in lines if line.startswith("ExecReload=")] == ["ExecReload=/bin/kill -HUP $MAINPID"], (
+            name
+        )

@@ -31,7 +31,8 @@ from pathlib import Path
 CACHE = Path(os.environ.get("XMPPMON_TEST_CACHE", "/var/cache/xmppmon-test"))
 SUITE = "bookworm"
 # make: the container installs xmppmon the way the README tells an operator, with `make install`.
-PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "make")
+# procps: /bin/kill for the units' ExecReload= (a standard Debian install has it; minbase does not).
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-venv", "make", "procps")
 TOOLS = ("debootstrap", "systemd-nspawn", "nsenter")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
