@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Prosody on loopback, agent accounts, settings, an in-process emulator."""
+"""Shared fixtures: real Prosody and ejabberd servers on loopback, agent accounts, settings, an in-process emulator."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from loguru import logger
 
 from agent.config import Settings, load_settings
 from agent.lab import emulator
+from agent.lab.ejabberd import EjabberdServer, ejabberd_available
 from agent.lab.prosody import ProsodyServer, prosody_available
 from agent.store import connect_readonly
 
@@ -26,6 +27,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if any(item.get_closest_marker("prosody") for item in items) and not prosody_available():
         raise pytest.UsageError(
             "Debian's prosody is not installed: run the README's test command (make test), which installs it"
+        )
+    if any(item.get_closest_marker("ejabberd") for item in items) and not ejabberd_available():
+        raise pytest.UsageError(
+            "Debian's ejabberd (with erlang-p1-sqlite3) is not installed: run make test, which installs it"
         )
 
 
@@ -44,6 +49,28 @@ def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]
 def private_prosody(tmp_path: Path) -> Iterator[ProsodyServer]:
     """A Prosody of this test's own, for tests that freeze, kill or restart it."""
     server = ProsodyServer(tmp_path / "prosody")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ejabberd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EjabberdServer]:
+    """One private ejabberd (SQLite storage) for the whole run, on free loopback ports."""
+    server = EjabberdServer(tmp_path_factory.mktemp("ejabberd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_ejabberd(tmp_path: Path) -> Iterator[EjabberdServer]:
+    """An ejabberd of this test's own, for tests that freeze, kill or restart it."""
+    server = EjabberdServer(tmp_path / "ejabberd")
     server.start()
     try:
         yield server
