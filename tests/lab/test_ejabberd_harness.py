@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from slixmpp import JID, ClientXMPP
+from slixmpp.exceptions import IqError
 from slixmpp.xmlstream import ET
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -270,6 +271,26 @@ def test_config_has_the_settings_the_agent_needs(server: EjabberdServer) -> None
     assert unlimited.config()["modules"]["mod_stream_mgmt"]["resume_timeout"] == 7
     merged = EjabberdServer(server.workdir / "y", extra_config={"modules": {"mod_mam": {"assume_mam_usage": True}}})
     assert merged.config()["modules"]["mod_mam"] == {"default": "always", "assume_mam_usage": True}
+
+
+async def test_dns_lookups_stay_on_the_machine(server: EjabberdServer) -> None:
+    """A stanza to a component that is not connected makes ejabberd try s2s: its DNS client asks no name server.
+
+    Without the private inet configuration the VM's resolver reads /etc/resolv.conf and queries the
+    machine's name server for ``_xmpp-server._tcp.<component>``.
+    """
+    environ = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
+    assert f"ERL_INETRC={server.inetrc_path}".encode() in environ
+    assert server.inetrc_path.read_text() == '{resolv_conf, ""}.\n{hosts_file, ""}.\n'
+    async with client_of(server, (server.register("dns", "pw"), "pw"), presence=False) as client:
+        iq = client.xmpp.Iq()
+        iq["type"], iq["to"] = "get", "nowhere.localhost"
+        iq.append(ET.Element(f"{{{NS}}}subscribe"))
+        with pytest.raises(IqError) as refused:
+            await iq.send(timeout=10)
+    assert refused.value.iq["error"]["condition"] == "remote-server-not-found"
+    # ejabberd's logger writes asynchronously: the line may land after the bounce.
+    await wait_until(lambda: "nowhere.localhost: DNS lookup failed" in server.log_path.read_text(), 10, "the log line")
 
 
 def test_stream_features_require_starttls(server: EjabberdServer) -> None:

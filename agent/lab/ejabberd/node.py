@@ -5,7 +5,8 @@ The VM is started with ``erl`` directly (not ``ejabberdctl``, which reads
 without epmd (``-erl_epmd_port PORT -start_epmd false``): the node listens on a private loopback
 port that the admin calls go to, so no epmd is started, shared with others, or left behind. The
 cookie is ``$HOME/.erlang.cookie`` with ``HOME`` inside the work directory, so it never shows up in
-``ps``.
+``ps``. The VM's own DNS client gets no name server (``ERL_INETRC``): a stanza to a component that is
+not connected makes ejabberd try server-to-server, and its DNS query must not leave the machine.
 """
 
 from __future__ import annotations
@@ -59,8 +60,14 @@ def node_env(server: EjabberdServer, libs: Path) -> dict[str, str]:
         "CONTRIB_MODULES_PATH": str(server.workdir / "contrib"),
         "ERL_CRASH_DUMP": str(server.workdir / "erl_crash.dump"),
         "ERL_CRASH_DUMP_BYTES": "0",
+        "ERL_INETRC": str(server.inetrc_path),
     })  # fmt: skip
     return env
+
+
+def write_inetrc(path: Path) -> None:
+    """No resolv.conf, no hosts file: every DNS lookup of the VM fails at once, on the machine."""
+    path.write_text('{resolv_conf, ""}.\n{hosts_file, ""}.\n', encoding="ascii")
 
 
 def write_cookie(home: Path) -> None:

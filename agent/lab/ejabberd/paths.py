@@ -57,6 +57,11 @@ class EjabberdPaths:
         return self.workdir / "home"
 
     @property
+    def inetrc_path(self) -> Path:
+        """The VM's inet configuration (``ERL_INETRC``): its DNS client asks no name server."""
+        return self.workdir / "inetrc"
+
+    @property
     def server_cert(self) -> Path:
         """Server certificate covering the domain, ``*.domain`` and the component."""
         return self.certs_dir / f"{self.domain}.crt"

@@ -128,6 +128,7 @@ class EjabberdServer(EjabberdPaths, ServerProcess):
             names = [self.domain, f"*.{self.domain}", self.component]
             self.ca_file, _, _ = write_certificates(self.certs_dir, self.domain, names)
         node.write_cookie(self.home_dir)
+        node.write_inetrc(self.inetrc_path)
         storage.init_database(self.database, libs)
         self.config_path.write_text(config.config_text(self), encoding="utf-8")
         self.pidfile.unlink(missing_ok=True)
