@@ -17,6 +17,7 @@ from agent.config import Settings, load_settings
 from agent.lab import emulator
 from agent.lab.ejabberd import EjabberdServer, ejabberd_available
 from agent.lab.prosody import ProsodyServer, prosody_available
+from agent.lab.servers import SERVER_KINDS, XmppServer, make_server
 from agent.store import connect_readonly
 
 _accounts = itertools.count(1)
@@ -78,14 +79,50 @@ def private_ejabberd(tmp_path: Path) -> Iterator[EjabberdServer]:
         server.stop()
 
 
-def new_account(server: ProsodyServer) -> tuple[str, str]:
+#: One parameter per server, marked so that a missing server fails the run (see above).
+SERVER_PARAMS = [pytest.param(kind, marks=getattr(pytest.mark, kind), id=kind) for kind in SERVER_KINDS]
+
+
+@pytest.fixture(scope="session", params=SERVER_PARAMS)
+def xmpp_server(request: pytest.FixtureRequest) -> XmppServer:
+    """The run's shared Prosody, then its shared ejabberd: a test using this runs against each."""
+    server: XmppServer = request.getfixturevalue(request.param)
+    return server
+
+
+@pytest.fixture(params=SERVER_PARAMS)
+def xmpp_server_kind(request: pytest.FixtureRequest) -> str:
+    """The server kinds in turn (prosody, then ejabberd): for tests that build their own server with knobs (``make_server``)."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def private_xmpp_server(xmpp_server_kind: str, request: pytest.FixtureRequest) -> XmppServer:
+    """A server of this test's own (freeze, kill, restart), once a Prosody and once an ejabberd."""
+    server: XmppServer = request.getfixturevalue(f"private_{xmpp_server_kind}")
+    return server
+
+
+@contextlib.contextmanager
+def own_server(kind: str, workdir: Path, **knobs: Any) -> Iterator[XmppServer]:
+    """A started server of *kind* with its own knobs (e.g. ``hibernation_time=2``), stopped afterwards."""
+    server = make_server(kind, workdir, **knobs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def new_account(server: XmppServer) -> tuple[str, str]:
     """Register a fresh account, so tests never share offline queues or sessions."""
     n = next(_accounts)
     password = f"pw-{n}-secret"
     return server.register(f"agent{n}", password), password
 
 
-def make_settings(server: ProsodyServer, db: Path, account: tuple[str, str], **sections: Any) -> Settings:
+def make_settings(server: XmppServer, db: Path, account: tuple[str, str], **sections: Any) -> Settings:
     """Agent settings pointing at ``server`` with quick timeouts, overridable per section."""
     base: dict[str, dict[str, Any]] = {
         "xmpp": {
@@ -106,7 +143,7 @@ def make_settings(server: ProsodyServer, db: Path, account: tuple[str, str], **s
     return load_settings(None, **base)
 
 
-def emulator_options(server: ProsodyServer, **options: Any) -> emulator.EmulatorOptions:
+def emulator_options(server: XmppServer, **options: Any) -> emulator.EmulatorOptions:
     return emulator.EmulatorOptions(
         secret=server.component_secret,
         jid=server.component,
@@ -171,7 +208,7 @@ def captured_logs() -> Iterator[list[str]]:
         logger.remove(sink)
 
 
-def agent_env(server: ProsodyServer, db: Path, account: tuple[str, str], **extra: str) -> dict[str, str]:
+def agent_env(server: XmppServer, db: Path, account: tuple[str, str], **extra: str) -> dict[str, str]:
     """Environment for a real ``xmppmon run`` process against ``server``."""
     import os
 
