@@ -144,6 +144,8 @@ async def test_sigkill_during_stream_then_restart_within_hibernation(
     count = await assert_exactly_once(db, log, recovery_started=restarted)
     assert count > 10_000 and report.events_sent == 20_000
     assert "resumed" in agent.text()
+    # The server's replay after each resumption is counted as such (docs/reliability.md), on either server.
+    assert int(db_value(db, "SELECT value FROM counters WHERE name = 'events_via_resume'") or 0) > 0
     assert agent.stop() == 0
 
 
