@@ -48,9 +48,11 @@ def descendants(root: int) -> list[Process]:
     return found
 
 
-def end_processes(processes: list[Process], grace: float = 2.0) -> None:
+def end_processes(processes: list[Process], grace: float = 0.2) -> None:
     """Wait up to *grace* seconds for these processes to exit; SIGKILL those still there.
 
+    Once the VM is gone its helpers have nothing left to do, but ``erl_child_setup`` (and the
+    ``inet_gethost`` it started) lingers 1-2 s before it notices: not worth waiting for on every stop.
     A process counts as the same only while its start time matches, so a recycled PID is never hit.
     """
 
