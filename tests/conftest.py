@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from loguru import logger
+from slixmpp import ClientXMPP
+from slixmpp.xmlstream import ET
 
 from agent.config import Settings, load_settings
 from agent.lab import emulator
@@ -177,6 +179,35 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         await asyncio.sleep(0.05)
+
+
+async def archived(server: XmppServer, account: tuple[str, str]) -> int:
+    """How many messages from the Monitor component the server has archived for *account* (XEP-0313).
+
+    Asked through a second resource that sends no presence, so nothing is routed to it. Both servers
+    answer an RSM ``<max>0</max>`` query with the count alone.
+    """
+    mam, rsm, data = "urn:xmpp:mam:2", "http://jabber.org/protocol/rsm", "jabber:x:data"
+    client = ClientXMPP(f"{account[0]}/archive-probe", account[1])
+    client.ca_certs = server.ca_file
+    client.enable_direct_tls, client.enable_plaintext = False, False
+    client.connect("127.0.0.1", server.c2s_port)
+    try:
+        await client.wait_until("session_start", 15)
+        query = ET.Element(f"{{{mam}}}query")
+        form = ET.SubElement(query, f"{{{data}}}x", {"type": "submit"})
+        for var, value in (("FORM_TYPE", mam), ("with", server.component)):
+            ET.SubElement(ET.SubElement(form, f"{{{data}}}field", {"var": var}), f"{{{data}}}value").text = value
+        ET.SubElement(ET.SubElement(query, f"{{{rsm}}}set"), f"{{{rsm}}}max").text = "0"
+        iq = client.Iq()
+        iq["type"] = "set"
+        iq.append(query)
+        answer = await iq.send(timeout=15)
+    finally:
+        await client.disconnect(wait=2.0)
+    count = answer.xml.find(f"{{{mam}}}fin/{{{rsm}}}set/{{{rsm}}}count")
+    assert count is not None and count.text is not None, f"no archive count in {answer}"
+    return int(count.text)
 
 
 def db_value(db: Path, sql: str, *params: Any) -> Any:

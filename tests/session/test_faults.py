@@ -23,7 +23,16 @@ import pytest
 from agent.lab import emulator
 from agent.lab.servers import XmppServer
 
-from ..conftest import agent_env, agent_state, db_value, emulator_options, new_account, own_server, wait_until
+from ..conftest import (
+    agent_env,
+    agent_state,
+    archived,
+    db_value,
+    emulator_options,
+    new_account,
+    own_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -196,7 +205,9 @@ async def test_server_frozen_then_killed_and_restarted(
     server, db, log = private_xmpp_server, tmp_path / "m.db", tmp_path / "sent.log"
     account = new_account(server)
     agent = await spawn(server, db, account)
-    await emulator.run(emulator_options(server, to=[account[0]], count=2000, batch=10, rate=2000, event_log=log))
+    first = await emulator.run(
+        emulator_options(server, to=[account[0]], count=2000, batch=10, rate=2000, event_log=log)
+    )
     server.freeze()
     await asyncio.sleep(4)  # interval 1 s + timeout 2 s
     server.thaw()
@@ -204,8 +215,14 @@ async def test_server_frozen_then_killed_and_restarted(
     # The agent is stopped (SIGSTOP) so that events wait in the server when it is killed.
     assert agent.proc is not None
     agent.proc.send_signal(19)
-    await emulator.run(emulator_options(server, to=[account[0]], count=2000, batch=10, event_log=log))
-    await asyncio.sleep(0.5)  # let the server archive what it received
+    second = await emulator.run(emulator_options(server, to=[account[0]], count=2000, batch=10, event_log=log))
+    # The scenario is "the server dies with events it has archived": ejabberd archives behind its
+    # routing (SQL writes), so wait until it has, rather than for a fixed time.
+    sent = first.stanzas_sent + second.stanzas_sent
+    deadline = time.monotonic() + 30
+    while (count := await archived(server, account)) < sent:
+        assert time.monotonic() < deadline, f"the server archived {count} of {sent} stanzas in 30 s"
+        await asyncio.sleep(0.2)
     server.kill()
     server.start()
     agent.proc.send_signal(18)
