@@ -303,12 +303,13 @@ def small_tmpfs(path: Path, size: str = "8m") -> Iterator[Path]:
 def fill(directory: Path) -> Path:
     """Write a file until the filesystem is full; return it (delete it to give the space back)."""
     filler = directory / "filler"
-    with filler.open("wb") as out:
+    # Unbuffered: a write that does not fit fails in the loop; a buffered file would keep the rest
+    # and raise ENOSPC again from close(), outside the suppress.
+    with filler.open("wb", buffering=0) as out:
         chunk = b"\0" * 65536
         with contextlib.suppress(OSError):
             while True:
                 out.write(chunk)
-                out.flush()
     return filler
 
 
