@@ -17,8 +17,8 @@ from slixmpp.xmlstream import ET
 
 from agent.config import Settings, load_settings
 from agent.lab import emulator
-from agent.lab.nats import nats_available
 from agent.lab.ejabberd import EjabberdServer, ejabberd_available
+from agent.lab.nats import nats_available
 from agent.lab.prosody import ProsodyServer, prosody_available
 from agent.lab.servers import SERVER_KINDS, XmppServer, make_server
 from agent.store import connect_readonly
