@@ -8,9 +8,13 @@ the payload of each state event, and each malformed event (quarantine must hold 
 malformed event). This wrapper runs the real emulator (``agent.emulator.run`` with the options of
 its own argument parser) with an event factory that remembers what it made, and writes one JSON
 line per event to ``FILE`` once the stanza carrying it was handed to the transport, flushed per
-stanza. It also stops cleanly on SIGTERM (the stream ends, owed duplicates are sent, the transport
-is drained and the stream closed, so the server has processed everything logged as sent), which
-``xmppmon emulate`` does not: there SIGTERM kills the process with events still in its buffers.
+stanza. It also stops cleanly on SIGTERM (the stream ends, owed duplicates are sent, the transport is
+drained), which ``xmppmon emulate`` does not: there SIGTERM kills the process with events still in
+its buffers. And before it closes its stream it makes a round trip through the server (a ping to
+the server's domain, answered only once every stanza sent before it was processed, that is routed
+and archived): the emulator's own close waits at most 10 s for the server, and a server busy
+longer than that (a large archive query blocks Prosody) would otherwise drop the tail of the
+stream with the connection, events the record says were sent.
 
 Record lines: ``{"t": "V", "id", "kind", "app", "ts", "p"?}`` for a valid event (``p``, the payload
 text, for state kinds only) and ``{"t": "M", "id", "defect", "app", "ts", "text"}`` for a
@@ -25,10 +29,13 @@ import asyncio
 import html
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
+from xml.etree import ElementTree as ET
 
 import orjson
+from slixmpp.exceptions import IqError, IqTimeout
 
 from agent import emulator
 from agent.emulator_data import STATE_KINDS, EventFactory
@@ -64,8 +71,12 @@ class RecordingFactory(EventFactory):
         return defect, xml
 
 
-def install(record: TextIO) -> None:
-    """Make the emulator use the recording factory and write its records after each send."""
+FLUSH_TIMEOUT = 150.0  # seconds the server may take to process what was sent before the ping
+
+
+def install(record: TextIO, server_domain: str) -> None:
+    """Make the emulator use the recording factory, write its records after each send, and flush
+    through the server before closing."""
     emulator.EventFactory = RecordingFactory  # type: ignore[misc]
     original = emulator._Streamer.send
 
@@ -78,6 +89,24 @@ def install(record: TextIO) -> None:
             factory.records.clear()
 
     emulator._Streamer.send = send  # type: ignore[method-assign]
+    original_drain = emulator._drain
+
+    async def drain(xmpp: Any, timeout: float = 60.0) -> None:
+        await original_drain(xmpp, timeout)
+        started = time.monotonic()
+        iq = xmpp.Iq()
+        iq["type"], iq["to"], iq["from"] = "get", server_domain, xmpp.boundjid.full
+        iq.append(ET.Element("{urn:xmpp:ping}ping"))
+        try:
+            await iq.send(timeout=FLUSH_TIMEOUT)
+        except IqError:
+            pass  # an error answer is a round trip too
+        except IqTimeout:
+            print(f"the server did not process the stream within {FLUSH_TIMEOUT:.0f} s", file=sys.stderr, flush=True)
+            raise
+        print(f"flushed through the server in {time.monotonic() - started:.2f} s", file=sys.stderr, flush=True)
+
+    emulator._drain = drain
 
 
 async def main(options: emulator.EmulatorOptions) -> int:
@@ -97,6 +126,7 @@ async def main(options: emulator.EmulatorOptions) -> int:
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.chaos.emulate")
     parser.add_argument("--record", type=Path, required=True)
+    parser.add_argument("--server-domain", default=None, help="default: the component JID minus its first label")
     emulator.add_arguments(parser)
     args = parser.parse_args(argv)
     options = emulator.options_from_args(args)
@@ -105,7 +135,7 @@ def cli(argv: list[str] | None = None) -> int:
 
     setup_logging(LogSettings(level="INFO"))
     with args.record.open("a", encoding="utf-8") as record:
-        install(record)
+        install(record, args.server_domain or options.jid.split(".", 1)[-1])
         return asyncio.run(main(options))
 
 

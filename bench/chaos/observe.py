@@ -114,7 +114,7 @@ class Tracker:
     integrity: list[tuple[float, str]] = field(default_factory=list)
     _last_integrity: float = 0.0
     errors: list[str] = field(default_factory=list)
-    last_progress: float = field(default_factory=time.time)
+    last_progress: float = field(default_factory=time.time)  # the last new row of events/api_calls/quarantine
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- reading -----------------------------------------------------------------------------
@@ -161,7 +161,6 @@ class Tracker:
                 self.notifications.append((rowid, key, alert_id, transition, epoch(created)))
                 self._notif_by_key[key] = (rowid, alert_id)
                 self._last["notifications"] = rowid
-                progress = True
         except sqlite3.Error as exc:  # a schema not created yet, a busy moment: next tick
             if "no such table" not in str(exc):
                 self.errors.append(f"read: {exc}")

@@ -14,12 +14,13 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,8 @@ class Stream:
             end = s.t0 + seg.at + seg.duration
             while not self.stopping and time.time() < end - 1.0:
                 await self.may_stream.wait()
+                if not self.may_stream.is_set():
+                    continue  # paused again between the wake-up and now
                 if self.stopping or time.time() > end - 1.0:
                     break
                 self._n += 1
@@ -124,10 +127,15 @@ class Stream:
                 if self.may_stream.is_set():
                     break  # ended by itself (or failed): next segment; paused: the rest of this one later
 
-    async def pause(self, timeout: float = 90.0) -> None:
+    async def pause(self, timeout: float = 200.0) -> None:
         """Stop streaming cleanly: the current emulator drains to the server and leaves (SIGTERM)."""
         self.may_stream.clear()
         child = self.current
+        if child is not None:
+            # Its SIGTERM handler is set once it runs its loop: before that, SIGTERM would kill it.
+            deadline = time.monotonic() + 30
+            while child.alive() and not log_has(child.log_path, "connected to") and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
         if child is not None and child.proc is not None and child.proc.poll() is None:
             child.proc.terminate()
         deadline = time.monotonic() + timeout
@@ -320,6 +328,7 @@ class Soak:
             await self.stream.pause()  # nothing in flight: a server killed mid-stanza loses it (docs)
             await asyncio.sleep(0.5)
             server.kill()
+            self.keep_server_log()
             await asyncio.sleep(d)
             await asyncio.to_thread(server.start)
             self.stream.resume()
@@ -340,6 +349,13 @@ class Soak:
             self.receiver.set_mode("ok")
         else:
             raise ValueError(f"unknown fault {kind}")
+
+    def keep_server_log(self) -> None:
+        """Prosody's log is truncated at each start: keep each run's copy in the logs folder."""
+        self.server_starts = getattr(self, "server_starts", 0) + 1
+        for src, name in ((self.server.log_path, "prosody"), (self.server.console_path, "prosody-console")):
+            with contextlib.suppress(OSError):
+                (self.logs / f"{name}.{self.server_starts}.log").write_bytes(src.read_bytes())
 
     def max_notification(self) -> int:
         conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
@@ -478,9 +494,9 @@ class Soak:
             t = self.tracker
             if t.all_stored() and self.delivered_all() and self.stream_done():
                 return "quiescent"
-            idle = time.time() - max(t.last_progress, t.receiver.deliveries[-1].t if t.receiver.deliveries else 0)
-            if idle > 25:
-                return f"stalled (nothing new for {idle:.0f} s)"
+            idle = time.time() - t.last_progress
+            if idle > 30 and self.delivered_all() and self.stream_done():
+                return f"stalled: every notification delivered, but no new event row for {idle:.0f} s"
             if time.time() > deadline:
                 return f"quiescence deadline ({self.opts.quiesce_deadline:.0f} s) passed"
 
@@ -506,7 +522,7 @@ class Soak:
         steps.append(self.receiver.stop)
         server = getattr(self, "server", None)
         if server is not None:
-            steps.append(server.stop)
+            steps += [server.stop, self.keep_server_log]
         for step in steps:
             try:
                 step()
@@ -609,6 +625,26 @@ def archived_ids(data_dir: Path) -> set[str]:
     return out
 
 
+def archive_times(data_dir: Path) -> dict[str, float]:
+    """Archive id (XEP-0359 stanza-id) -> when the server archived it, from Prosody's internal storage."""
+    pattern = re.compile(rb'\["key"\] = "([^"]+)";\s*\["when"\] = ([0-9.]+);')
+    out: dict[str, float] = {}
+    for path in data_dir.rglob("*"):
+        if path.is_file() and "archive" in str(path.relative_to(data_dir)):
+            out.update((k.decode(), float(w)) for k, w in pattern.findall(path.read_bytes()))
+    return out
+
+
+def annotate(text: str, when: dict[str, float], t0: float) -> str:
+    """Add to each archive id named after 'after id ' or 'mam_last_id ' when the server archived it."""
+
+    def one(m: re.Match[str]) -> str:
+        t = when.get(m.group(2))
+        return m.group(0) if t is None else f"{m.group(0)} [archived at {t - t0:.0f}s]"
+
+    return re.sub(r"(after id |mam_last_id )([A-Za-z0-9_-]{8,})", one, text)
+
+
 def db_snapshot(db: Path) -> dict[str, Any]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
@@ -668,7 +704,10 @@ def evaluate(soak: Soak) -> dict[str, Any]:
     checks: list[inv.Check] = []
     archived = archived_ids(soak.server.data_dir)
     agent_log = timeline(soak.logs, "agent")
-    log = [(t, m) for t, _level, m in agent_log]
+    when = archive_times(soak.server.data_dir)
+    log = [(t, annotate(m, when, t0)) for t, _level, m in agent_log]
+    for f in soak.faults:
+        f.notes = [annotate(n, when, t0) for n in f.notes]
     checks.append(inv.check_events(expected, snap["stored"], sent_ts, spans, t0, archived, log))
     checks.append(inv.check_state([r for r in valid if "p" in r], snap["state"], t0))
     checks.append(inv.check_quarantine([r for r in records if r["t"] == "M"], snap["quarantine"], spans, t0, log))
@@ -752,19 +791,19 @@ async def soak_main(opts: Options) -> tuple[Soak, dict[str, Any] | None]:
     work.mkdir(parents=True, exist_ok=True)
     soak = Soak(opts, plan, work)
     budget = plan.stream_seconds + opts.quiesce_deadline + 240
-    result = None
+    task = asyncio.ensure_future(asyncio.wait_for(soak.run(), budget))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop, and still clean up, when told to
+        loop.add_signal_handler(sig, task.cancel)
     try:
-        await asyncio.wait_for(soak.run(), budget)
+        await task
     except TimeoutError:
         soak.harness_errors.append(f"the soak overran its {budget:.0f} s budget and was stopped")
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None  # after the finally's cleanup
     except Exception as exc:
         soak.harness_errors.append(f"{type(exc).__name__}: {exc}")
         raise
     finally:
         soak.cleanup()
-    result = evaluate(soak)
-    return soak, result
-
-
-def run_sync(opts: Options, runner: Callable[[Options], Awaitable[Any]] = soak_main) -> Any:
-    return asyncio.run(runner(opts))  # type: ignore[arg-type]
+    return soak, evaluate(soak)
