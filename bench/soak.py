@@ -48,13 +48,20 @@ def parse(argv: list[str] | None = None) -> Options:
     a("--settle-deadline", type=float, default=60.0, help="seconds for a fault to settle (default %(default)s)")
     a("--quiesce-deadline", type=float, default=120.0, help="seconds to wait for quiescence at the end")
     a("--tmpfs-mb", type=int, default=None, help="size of the database's tmpfs (default: from the plan)")
+    a(
+        "--flood",
+        type=int,
+        default=0,
+        metavar="EVENTS",
+        help="add a flood of EVENTS unpaced events while the disk is full (e.g. 200000; needs --minutes 2.5 or more)",
+    )
     a("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     return Options(
         seed=args.seed, minutes=args.minutes, server=args.server, rate=args.rate, json_path=args.json,
         workdir=args.workdir, rss_limit_mb=args.rss_limit_mb, rss_growth_mb=args.rss_growth_mb,
         settle_deadline=args.settle_deadline, quiesce_deadline=args.quiesce_deadline, tmpfs_mb=args.tmpfs_mb,
-        quiet=args.quiet,
+        quiet=args.quiet, flood=args.flood,
     )  # fmt: skip
 
 

@@ -46,9 +46,9 @@ def test_plan_is_fixed_by_the_seed() -> None:
     assert make_plan(7, 3, 400) != make_plan(8, 3, 400)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
-def test_plan_keeps_lanes_apart_and_within_bounds(seed: int) -> None:
-    plan = make_plan(seed, 3, 400)
+@pytest.mark.parametrize(("seed", "flood"), [(1, 0), (2, 0), (3, 0), (4, 0), (5, 0), (1, 200_000), (2, 200_000)])
+def test_plan_keeps_lanes_apart_and_within_bounds(seed: int, flood: int) -> None:
+    plan = make_plan(seed, 3, 400, flood)
     assert set(plan.counts()) == set(KINDS)
     by_lane: dict[str, list] = {}
     for fault in plan.faults:
@@ -69,7 +69,18 @@ def test_plan_keeps_lanes_apart_and_within_bounds(seed: int) -> None:
         if len([f for f in plan.faults if f.lane == lane]) >= len(kinds):
             assert all(plan.counts()[k] for k in kinds), lane
     assert sum(s.duration for s in plan.segments) == pytest.approx(plan.stream_seconds, abs=1.0)
-    assert {s.mode for s in plan.segments} == {"mixed", "burst", "calm"}
+    assert {s.mode for s in plan.segments} == {"mixed", "burst", "calm"} | ({"flood"} if flood else set())
+    if flood:
+        (window,) = [f for f in plan.faults if f.kind == "disk_full_flood"]
+        (seg,) = [s for s in plan.segments if s.mode == "flood"]
+        assert window.at < seg.at and seg.at + seg.duration < window.at + window.duration
+        assert not [
+            f for f in plan.faults if f.kind == "prosody_kill" and window.at <= f.at <= window.at + window.duration
+        ]
+        others = make_plan(seed, 3, 400)
+        assert [f.kind for f in others.faults if f.lane not in ("disk", "server", "agent")] == [
+            f.kind for f in plan.faults if f.lane not in ("disk", "server", "agent")
+        ]
 
 
 # -- the receiver ----------------------------------------------------------------------------------
@@ -234,6 +245,12 @@ def test_check_rss_bound_and_growth() -> None:
     growing = [(T0 + t, 1, 60_000 + t * 2_000) for t in range(60)]
     check = inv.check_rss(growing, T0 + 5, T0 + 40, 200, 32, T0)
     assert not check.ok and check.numbers["growth_mb"] > 32
+    # A process that just started is still loading: its first 10 s are not compared.
+    restarted = [*flat[:20], *((T0 + t, 2, 20_000 + (t - 20) * 4_000) for t in range(20, 30)),
+                 *((T0 + t, 2, 60_000) for t in range(30, 60))]  # fmt: skip
+    assert inv.check_rss(restarted, T0 + 20, T0 + 40, 200, 32, T0).numbers["after_first_fault_mb"] == pytest.approx(
+        58.6, abs=0.1
+    )
 
 
 # -- the whole soak ----------------------------------------------------------------------------------

@@ -55,6 +55,21 @@ def near(spans: Iterable[Span], start: float, end: float) -> list[Span]:
     return [s for s in spans if s.start <= end and s.end >= start]
 
 
+RELAY_KINDS = ("sidecar_", "webhook_")
+
+
+def describe(spans: Iterable[Span], start: float, end: float, t0: float, relay: bool = False) -> str:
+    """The faults overlapping [start, end]: in full those that can touch what is checked (the event
+    path, or with ``relay`` the sidecar and the webhook), the others only counted."""
+    around = near(spans, start, end)
+    relevant = [s for s in around if s.kind.startswith(RELAY_KINDS) == relay]
+    others = Counter(s.kind for s in around if s.kind.startswith(RELAY_KINDS) != relay)
+    text = ", ".join(s.label(t0) for s in relevant) or "none"
+    if others:
+        text += " (also " + ", ".join(f"{n} {k}" for k, n in sorted(others.items())) + ")"
+    return text
+
+
 #: Agent log lines worth showing next to a failure: how it recovered, and what went wrong.
 RECOVERY = (
     "session started as", "resumed at h=", "new session:", "stream resumed:", "disconnected:", "no answer to ping",
@@ -97,14 +112,13 @@ def check_events(
     evidence = []
     for cluster in clusters(sorted(lost, key=lambda i: sent_ts.get(i, "")), sent_ts):
         first, last = epoch(sent_ts[cluster[0]]), epoch(sent_ts[cluster[-1]])
-        around = near(spans, first - 5, last + 30)
         in_archive = (
             "" if archived is None else f"; {sum(i in archived for i in cluster)} of them still in the server's archive"
         )
         evidence.append(
             f"lost {len(cluster)} event(s) sent {_rel(first, t0)}-{_rel(last, t0)}{in_archive};"
-            f" e.g. {', '.join(cluster[:3])}; faults around: {', '.join(s.label(t0) for s in around) or 'none'};"
-            " agent log:"
+            f" e.g. {', '.join(cluster[:3])}; faults from 5 s before to 30 s after:"
+            f" {describe(spans, first - 5, last + 30, t0)}; agent log:"
         )
         evidence.extend(log_lines(log, first - 5, last + 30, t0))
     if duplicated:
@@ -233,10 +247,9 @@ def check_quarantine(
         later = sorted(t for k in extra for t in sorted(seen_at[k])[1:])
         windows = clusters_of_times(later)
         for start, end, count in windows[:6]:
-            around = near(spans, start - 10, end)
             evidence.append(
                 f"{count} extra quarantine row(s) written {_rel(start, t0)}-{_rel(end, t0)};"
-                f" faults around: {', '.join(s.label(t0) for s in around) or 'none'}; agent log:"
+                f" faults in the 10 s before: {describe(spans, start - 10, end, t0)}; agent log:"
             )
             evidence.extend(log_lines(log, start - 10, end, t0, most=4))
         sample = [k if not k.startswith("text:") else k[:60] for k in list(extra)[:3]]
@@ -357,10 +370,10 @@ def check_order(
                "alerts_affected": len(alerts)}  # fmt: skip
     evidence = []
     for t, n, best in violations[:5]:
-        around = near(spans, t - 30, t)
         evidence.append(
             f"{n.identity}: {n.transition} #{n.id} (created {_rel(n.created, t0)}) arrived {_rel(t, t0)},"
-            f" after {best.transition} #{best.id}; faults around: {', '.join(s.label(t0) for s in around) or 'none'}"
+            f" after {best.transition} #{best.id} (created {_rel(best.created, t0)}); relay faults between:"
+            f" {describe(spans, n.created, t, t0, relay=True)}"
         )
     return Check(f"transitions in order per alert ({sink})", not violations, numbers, evidence)
 
@@ -399,15 +412,21 @@ def check_rss(
     growth_mb: float, t0: float,
 ) -> Check:  # fmt: skip
     """Agent RSS under ``bound_mb`` throughout, and after the last fault not more than ``growth_mb``
-    above what it was after the first (each the median over the 10 s after that fault settled)."""
+    above what it was after the first. Each of those two is the median of the steady samples (10 s
+    or more after that process started: a new process is still loading) in the 20 s after that
+    fault settled, or of the next five steady samples if there are none in that window."""
     if not samples:
         return Check("agent RSS bounded", False, {"samples": 0}, ["no RSS sample was taken"])
     peak_t, _pid, peak = max(samples, key=lambda s: s[2])
+    born: dict[int, float] = {}
+    for t, pid, _kb in samples:
+        born.setdefault(pid, t)
+    steady = [(t, kb) for t, pid, kb in samples if t - born[pid] >= 10.0]
 
     def around(t: float | None) -> float | None:
         if t is None:
             return None
-        window = [kb for (ts, _p, kb) in samples if t <= ts <= t + 10]
+        window = [kb for ts, kb in steady if t <= ts <= t + 20] or [kb for ts, kb in steady if ts >= t][:5]
         return statistics.median(window) / 1024 if window else None
 
     a, b = around(first), around(last)

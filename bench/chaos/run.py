@@ -66,6 +66,7 @@ class Options:
     malformed: float = 0.01
     duplicates: float = 0.02
     quiet: bool = False
+    flood: int = 0
 
 
 def say(opts: Options, text: str) -> None:
@@ -84,6 +85,7 @@ class Stream:
         self.current: Child | None = None
         self.processes: list[Child] = []
         self.stopping = False
+        self.flood_done = asyncio.Event()
         self._n = 0
 
     def argv(self, seg: Segment, duration: float, seed: int) -> list[str]:
@@ -100,6 +102,8 @@ class Stream:
             argv += ["--refuse", f"{app}={code}"]
         if seg.api_status is not None:
             argv += ["--api-status", str(seg.api_status)]
+        if seg.mode == "flood":
+            argv += ["--count", str(self.soak.plan.flood)]
         return argv
 
     async def run(self) -> None:
@@ -124,6 +128,8 @@ class Stream:
                     await asyncio.sleep(0.2)
                 child.check()
                 self.current = None
+                if seg.mode == "flood" and self.may_stream.is_set():
+                    self.flood_done.set()
                 if self.may_stream.is_set():
                     break  # ended by itself (or failed): next segment; paused: the rest of this one later
 
@@ -209,7 +215,7 @@ class Soak:
     def tmpfs_size(self) -> int:
         if self.opts.tmpfs_mb:
             return self.opts.tmpfs_mb
-        events = sum(seg.rate * seg.duration for seg in self.plan.segments)
+        events = sum(seg.rate * seg.duration for seg in self.plan.segments) + self.plan.flood
         return int(events * 800 / 2**20) + 64
 
     async def supervise(self, children: list[Child], want: dict[str, bool], stop: asyncio.Event) -> None:
@@ -339,6 +345,19 @@ class Soak:
             self.filler, size = await asyncio.to_thread(fill, self.disk)
             run.notes.append(f"filler {size // 2**20} MB")
             await asyncio.sleep(d)
+            self.filler.unlink()
+            self.filler = None
+        elif kind == "disk_full_flood":
+            self.filler, size = await asyncio.to_thread(fill, self.disk)
+            started = time.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stream.flood_done.wait(), max(1.0, d - 5.0))
+            flooded = time.time() - started
+            await asyncio.sleep(max(0.0, min(5.0, d - flooded)))
+            run.notes.append(
+                f"filler {size // 2**20} MB; flood of {self.plan.flood} events over {flooded:.0f} s;"
+                f" agent RSS then {(self.agent.rss_kb() or 0) // 1024} MB"
+            )
             self.filler.unlink()
             self.filler = None
         elif kind == "db_lock":
@@ -627,11 +646,15 @@ def archived_ids(data_dir: Path) -> set[str]:
 
 def archive_times(data_dir: Path) -> dict[str, float]:
     """Archive id (XEP-0359 stanza-id) -> when the server archived it, from Prosody's internal storage."""
-    pattern = re.compile(rb'\["key"\] = "([^"]+)";\s*\["when"\] = ([0-9.]+);')
+    key = re.compile(rb'\["key"\] = "([^"]+)";')
+    when = re.compile(rb'\["when"\] = ([0-9.]+);')
     out: dict[str, float] = {}
     for path in data_dir.rglob("*"):
         if path.is_file() and "archive" in str(path.relative_to(data_dir)):
-            out.update((k.decode(), float(w)) for k, w in pattern.findall(path.read_bytes()))
+            for item in path.read_bytes().split(b"item({")[1:]:
+                k, w = key.search(item), when.search(item)
+                if k and w:
+                    out[k.group(1).decode()] = float(w.group(1))
     return out
 
 
@@ -786,7 +809,7 @@ async def soak_main(opts: Options) -> tuple[Soak, dict[str, Any] | None]:
         raise SystemExit(f"--server {opts.server}: only prosody is supported so far")
     if os.geteuid() != 0:
         raise SystemExit("the soak mounts a tmpfs and cuts TCP connections: run it as root")
-    plan = make_plan(opts.seed, opts.minutes, opts.rate)
+    plan = make_plan(opts.seed, opts.minutes, opts.rate, opts.flood)
     work = opts.workdir or Path(tempfile.mkdtemp(prefix=f"xmppmon-soak-{opts.seed}-"))
     work.mkdir(parents=True, exist_ok=True)
     soak = Soak(opts, plan, work)

@@ -27,6 +27,7 @@ KINDS: tuple[str, ...] = (
     "agent_kill", "agent_kill_catchup", "agent_kill_backlog", "sidecar_kill", "sidecar_new_sink",
     "prosody_freeze", "prosody_kill", "tcp_cut", "disk_full", "db_lock",
     "webhook_500", "webhook_429", "webhook_207", "webhook_413", "webhook_hang", "webhook_down",
+    "disk_full_flood",
 )  # fmt: skip
 #: Seconds a fault of each kind lasts (down time, freeze, hold, mode), drawn uniformly.
 DURATIONS: dict[str, tuple[float, float]] = {
@@ -41,6 +42,7 @@ DURATIONS: dict[str, tuple[float, float]] = {
     "disk_full": (4.0, 10.0),
     "db_lock": (2.0, 6.0),
     **{kind: (4.0, 12.0) for kind in LANES["webhook"]},
+    "disk_full_flood": (0.0, 0.0),  # set by add_flood
 }
 #: Seconds of wall time a kind may take beyond its duration (restarts, waiting for a catch-up).
 OVERHEAD: dict[str, float] = {"agent_kill_catchup": 8.0, "prosody_kill": 4.0, "sidecar_new_sink": 3.0}
@@ -57,7 +59,7 @@ class Segment:
 
     at: float
     duration: float
-    mode: str  # mixed (realistic status mix), calm (every api call 200), burst (mixed, faster)
+    mode: str  # mixed (realistic status mix), calm (every api call 200), burst (mixed, faster), flood
     rate: float
     batch: int
 
@@ -85,6 +87,7 @@ class Plan:
     stream_seconds: float
     segments: list[Segment]
     faults: list[Fault]
+    flood: int = 0  # events of the flood segment (0: none)
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(KINDS, 0)
@@ -170,10 +173,54 @@ def fault_plan(rng: random.Random, seconds: float) -> list[Fault]:
     return [Fault(n, f.kind, f.lane, f.at, f.duration, f.params) for n, f in enumerate(faults, 1)]
 
 
-def make_plan(seed: int, minutes: float, rate: float) -> Plan:
+FLOOD_SECONDS = 45.0  # the flood segment's limit; it usually ends sooner, at its count
+
+
+def add_flood(rng: random.Random, plan: Plan, events: int) -> Plan:
+    """A flood (``events`` as fast as the server takes them, 100 per stanza) while the disk is full:
+    the writer's backlog passes its high-water mark (100,000 records), so reads pause, pings go
+    unanswered, the connection drops and a new one is read (DESIGN issue 10, defect 1).
+
+    Drawn after everything else, so a plan with a flood has the same other faults, minus the disk
+    faults (and their backlog kills) that would overlap it.
+    """
+    end = plan.stream_seconds - TAIL
+    at = round(WARMUP + (end - WARMUP) * (0.3 + 0.15 * rng.random()), 2)
+    window = (at - 3.0, at + FLOOD_SECONDS + 12.0)
+    if window[1] > end:
+        raise ValueError(f"a flood needs {FLOOD_SECONDS + 2 * TAIL + WARMUP + 15:.0f} s of stream at least")
+
+    def clear(f: Fault) -> bool:
+        if f.lane != "disk" and f.kind not in ("agent_kill_backlog", "prosody_kill"):
+            return True  # a server killed mid-flood would restart the flood (the stream pauses)
+        return f.at + f.duration < window[0] or f.at > window[1]
+
+    faults = [f for f in plan.faults if clear(f)]
+    faults.append(Fault(0, "disk_full_flood", "disk", round(at - 2.0, 2), FLOOD_SECONDS + 8.0, {"events": events}))
+    faults.sort(key=lambda f: (f.at, f.kind))
+    faults = [Fault(n, f.kind, f.lane, f.at, f.duration, f.params) for n, f in enumerate(faults, 1)]
+    segments: list[Segment] = []
+    flood = Segment(at, FLOOD_SECONDS, "flood", 0.0, 100)
+    for seg in plan.segments:
+        seg_end = seg.at + seg.duration
+        if seg_end <= flood.at or seg.at >= flood.at + flood.duration:
+            segments.append(seg)
+            continue
+        if seg.at < flood.at:
+            segments.append(Segment(seg.at, round(flood.at - seg.at, 2), seg.mode, seg.rate, seg.batch))
+        if seg_end > flood.at + flood.duration:
+            rest = flood.at + flood.duration
+            segments.append(Segment(rest, round(seg_end - rest, 2), seg.mode, seg.rate, seg.batch))
+    segments.append(flood)
+    segments.sort(key=lambda seg: seg.at)
+    return Plan(plan.seed, plan.stream_seconds, segments, faults, events)
+
+
+def make_plan(seed: int, minutes: float, rate: float, flood: int = 0) -> Plan:
     """The whole plan: the stream runs ``minutes``; faults fill it, bounded on both ends."""
     rng = random.Random(seed)
     seconds = round(minutes * 60.0, 2)
     segments = stream_plan(rng, seconds, rate)
     faults = fault_plan(rng, seconds)
-    return Plan(seed, seconds, segments, faults)
+    plan = Plan(seed, seconds, segments, faults)
+    return add_flood(rng, plan, flood) if flood else plan
