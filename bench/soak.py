@@ -55,6 +55,12 @@ def parse(argv: list[str] | None = None) -> Options:
         metavar="EVENTS",
         help="add a flood of EVENTS unpaced events while the disk is full (e.g. 200000; needs --minutes 2.5 or more)",
     )
+    a(
+        "--only",
+        default=None,
+        metavar="KINDS",
+        help="keep only these fault kinds (comma list; '' for none: a control run that must pass)",
+    )
     a("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     return Options(
@@ -62,6 +68,7 @@ def parse(argv: list[str] | None = None) -> Options:
         workdir=args.workdir, rss_limit_mb=args.rss_limit_mb, rss_growth_mb=args.rss_growth_mb,
         settle_deadline=args.settle_deadline, quiesce_deadline=args.quiesce_deadline, tmpfs_mb=args.tmpfs_mb,
         quiet=args.quiet, flood=args.flood,
+        only=None if args.only is None else frozenset(k.strip() for k in args.only.split(",") if k.strip()),
     )  # fmt: skip
 
 

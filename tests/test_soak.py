@@ -83,6 +83,16 @@ def test_plan_keeps_lanes_apart_and_within_bounds(seed: int, flood: int) -> None
         ]
 
 
+def test_plan_only_keeps_the_named_kinds_at_their_times() -> None:
+    full = make_plan(3, 3, 400)
+    kills = make_plan(3, 3, 400, only=frozenset({"agent_kill_catchup"}))
+    assert kills.faults and {f.kind for f in kills.faults} == {"agent_kill_catchup"}
+    assert [(f.n, f.at) for f in kills.faults] == [(f.n, f.at) for f in full.faults if f.kind == "agent_kill_catchup"]
+    assert make_plan(3, 3, 400, only=frozenset()).faults == []
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        make_plan(3, 3, 400, only=frozenset({"agent_kil"}))
+
+
 # -- the receiver ----------------------------------------------------------------------------------
 
 

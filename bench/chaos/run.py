@@ -67,6 +67,7 @@ class Options:
     duplicates: float = 0.02
     quiet: bool = False
     flood: int = 0
+    only: frozenset[str] | None = None
 
 
 def say(opts: Options, text: str) -> None:
@@ -809,7 +810,7 @@ async def soak_main(opts: Options) -> tuple[Soak, dict[str, Any] | None]:
         raise SystemExit(f"--server {opts.server}: only prosody is supported so far")
     if os.geteuid() != 0:
         raise SystemExit("the soak mounts a tmpfs and cuts TCP connections: run it as root")
-    plan = make_plan(opts.seed, opts.minutes, opts.rate, opts.flood)
+    plan = make_plan(opts.seed, opts.minutes, opts.rate, opts.flood, opts.only)
     work = opts.workdir or Path(tempfile.mkdtemp(prefix=f"xmppmon-soak-{opts.seed}-"))
     work.mkdir(parents=True, exist_ok=True)
     soak = Soak(opts, plan, work)

@@ -216,11 +216,23 @@ def add_flood(rng: random.Random, plan: Plan, events: int) -> Plan:
     return Plan(plan.seed, plan.stream_seconds, segments, faults, events)
 
 
-def make_plan(seed: int, minutes: float, rate: float, flood: int = 0) -> Plan:
-    """The whole plan: the stream runs ``minutes``; faults fill it, bounded on both ends."""
+def make_plan(seed: int, minutes: float, rate: float, flood: int = 0, only: frozenset[str] | None = None) -> Plan:
+    """The whole plan: the stream runs ``minutes``; faults fill it, bounded on both ends.
+
+    ``only``: keep just the faults of these kinds (the others' times stay empty, so a fault keeps
+    its time whatever else is dropped): to isolate one kind, or with an empty set, a control run.
+    """
     rng = random.Random(seed)
     seconds = round(minutes * 60.0, 2)
     segments = stream_plan(rng, seconds, rate)
     faults = fault_plan(rng, seconds)
     plan = Plan(seed, seconds, segments, faults)
-    return add_flood(rng, plan, flood) if flood else plan
+    if flood:
+        plan = add_flood(rng, plan, flood)
+    if only is not None:
+        unknown = only - set(KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kind(s): {', '.join(sorted(unknown))}")
+        kept = [f for f in plan.faults if f.kind in only]
+        plan = Plan(plan.seed, seconds, plan.segments, kept, plan.flood)
+    return plan
