@@ -285,6 +285,8 @@ class Soak:
                     "killed during the catch-up" if run.landed else "the catch-up was over before the kill"
                 )
                 agent.kill9()
+                mam_id, via_mam = self.agent_state("mam_last_id"), self.counter("events_via_mam") - mam_before
+                run.notes.append(f"at the kill: mam_last_id {mam_id}, {via_mam} event(s) from the archive so far")
                 await asyncio.sleep(0.3)
                 agent.start()
             want["agent"] = True
@@ -296,10 +298,14 @@ class Soak:
             )
             planned = next((p for p in self.plan.faults if within and p.n == within.n), None)
             until = (self.t0 + planned.at + planned.duration - 0.5) if planned else time.time() + 2.0
-            failing = await self.wait_for(
-                lambda: log_has(agent.log_path, "cannot commit"), max(0.5, until - time.time()), 0.1
+            since = within.started if within else time.time()
+            await self.wait_for(
+                lambda: log_has(agent.log_path, "cannot commit") and self.tracker.unstored_since(since) > 0,
+                max(0.5, until - time.time()),
+                0.2,
             )
-            backlog = self.tracker.unstored_since(within.started) if within else 0
+            failing = log_has(agent.log_path, "cannot commit")
+            backlog = self.tracker.unstored_since(since) if within else 0
             run.landed = bool(within) and failing and backlog > 0
             run.notes.append(
                 f"during {within.kind if within else 'no disk fault'}; writer failing: {failing};"

@@ -150,10 +150,12 @@ def fault_plan(rng: random.Random, seconds: float) -> list[Fault]:
     end = seconds - TAIL
     disk = _lane(rng, "disk", end, [])
     faults = list(disk)
-    # A kill while the writer holds a backlog: inside the first disk fault, then in a third of the others.
+    # A kill while the writer holds a backlog: inside the first long lock, then in a third of the others.
     reserved: list[tuple[float, float]] = []
-    for i, fault in enumerate(disk):
-        if fault.duration >= 3.0 and (i == 0 or rng.random() < 0.35):
+    first_lock = next((f for f in disk if f.kind == "db_lock" and f.duration >= 3.0), None)
+    for fault in disk:
+        # A lock makes the writer fail at once (busy_timeout); a full disk only once the WAL must grow.
+        if fault.duration >= 3.0 and (fault is first_lock or rng.random() < 0.35):
             at = round(fault.at + _u(rng, (1.5, min(fault.duration - 1.0, 4.0))), 2)
             down = _u(rng, DURATIONS["agent_kill_backlog"])
             faults.append(Fault(0, "agent_kill_backlog", "agent", at, down, {"within": fault.at}))
