@@ -363,7 +363,7 @@ class Soak:
             await asyncio.sleep(max(0.0, min(5.0, d - flooded)))
             run.notes.append(
                 f"filler {size // 2**20} MB; flood of {self.plan.flood} events over {flooded:.0f} s;"
-                f" agent RSS then {(self.agent.rss_kb() or 0) // 1024} MB"
+                f" agent RSS then {rss // 1024 if (rss := self.agent.rss_kb()) else '(not running)'} MB"
             )
             self.filler.unlink()
             self.filler = None
