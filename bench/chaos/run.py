@@ -453,7 +453,7 @@ class Soak:
         lane_tasks = [asyncio.ensure_future(self.lane(faults)) for faults in lanes.values()]
         try:
             await self.stream.run()
-            _done, pending = await asyncio.wait(lane_tasks, timeout=90)
+            _done, pending = await asyncio.wait(lane_tasks, timeout=90) if lane_tasks else (set(), set())
             for task in pending:
                 task.cancel()
                 self.harness_errors.append("a fault lane overran the stream by 90 s and was cancelled")
