@@ -278,8 +278,7 @@ def test_short_profile_covers_the_faults_that_matter() -> None:
     assert sum(counts[k] > 0 for k in LANES["webhook"]) >= 3
 
 
-@pytest.mark.soak
-@pytest.mark.prosody
+@pytest.mark.soak  # not also "prosody": `-m prosody` must not pull in a soak (it runs its own server)
 @pytest.mark.timeout(900)
 def test_short_soak(tmp_path: Path) -> None:
     """One minute, seed SHORT_SEED (13 of the fault kinds, every agent kill among them): every invariant
