@@ -18,8 +18,9 @@ from pathlib import Path
 
 from agent.config import Settings, load_settings
 from agent.exceptions import XmppmonError
-from agent.schema import SCHEMA_VERSION
 from agent.store import connect_readonly
+from agent.store.readers import quick_check, schema_version
+from agent.store.schema import SCHEMA_VERSION
 
 
 @dataclass
@@ -55,15 +56,12 @@ def check_database(settings: Settings) -> Iterator[Check]:
         yield Check("database", "FAIL", str(exc))
         return
     try:
-        result = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        result = quick_check(conn)
         if result == ["ok"]:
             yield Check("database", "ok", f"{path} opens and passes PRAGMA quick_check")
         else:
             yield Check("database", "FAIL", f"{path} fails PRAGMA quick_check: {'; '.join(result[:3])}")
-        try:
-            version = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
-        except sqlite3.OperationalError:
-            version = 0
+        version = schema_version(conn)
         if version == SCHEMA_VERSION:
             yield Check("schema", "ok", f"version {version}")
         elif version < SCHEMA_VERSION:

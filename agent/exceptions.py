@@ -9,7 +9,9 @@
     ├── SessionError             the XMPP session cannot be established
     │   ├── AuthenticationError  the server refused the credentials (no retry helps)
     │   └── NegotiationTimeout   the server accepted TCP but never finished the stream negotiation
-    └── PluginError              a plugin failed to load
+    ├── PluginError              a plugin failed to load
+    ├── ExportError              an export could not be created or did not complete
+    └── LabError                 test and demo tooling (``agent.lab``): a private server failed
 
 Lower-level errors (sqlite3, slixmpp's IqError/IqTimeout, OSError) are translated into these
 where they enter xmppmon, so callers and the CLI only need to know this tree.
@@ -46,3 +48,11 @@ class NegotiationTimeout(SessionError):
 
 class PluginError(XmppmonError):
     """A plugin failed to load."""
+
+
+class ExportError(XmppmonError):
+    """An export could not be created or did not complete."""
+
+
+class LabError(XmppmonError):
+    """Test and demo tooling (``agent.lab``) could not start, stop or administer a private server."""

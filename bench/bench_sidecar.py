@@ -22,9 +22,9 @@ from werkzeug import Response
 
 from agent.config import AlertSettings, Settings, StoreSettings
 from agent.events import epoch, parse_event
-from agent.sidecar.outbox import Outbox
 from agent.sidecar.runner import Sidecar
 from agent.store import Store
+from agent.store.outbox import Outbox
 
 
 def event(i: int):

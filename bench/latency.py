@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections import deque
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +23,7 @@ from loguru import logger  # noqa: E402
 
 from agent.app import lifespan  # noqa: E402
 from agent.config import load_settings  # noqa: E402
-from agent.prosody import ProsodyServer  # noqa: E402
+from agent.lab.prosody import ProsodyServer  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -53,8 +52,14 @@ async def main() -> None:
             async with lifespan(settings) as app:
                 run = asyncio.ensure_future(app.session.run(stop))
                 await asyncio.wait_for(app.session.connected.wait(), 30)
+                # The store's documented commit hook: arrival-to-commit latency of every stanza.
+                app.store.track_arrivals = True
+                app.store.on_commit.append(
+                    lambda commit: samples.extend(commit.committed_at - t for t in commit.arrivals)
+                )
+                samples: list[float] = []
                 for rate in (float(r) for r in args.rates.split(",")):
-                    app.store.latencies = deque()
+                    samples.clear()
                     emu = await asyncio.create_subprocess_exec(
                         sys.executable, "-m", "agent", "emulate", "--port", str(server.component_port),
                         "--to", jid, "--rate", str(rate), "--batch", str(args.batch), "--kinds", "activity",
@@ -64,8 +69,6 @@ async def main() -> None:
                     )  # fmt: skip
                     await emu.wait()
                     await asyncio.sleep(1)
-                    samples = list(app.store.latencies)
-                    app.store.latencies = None
                     results.append((rate, len(samples), statistics.median(samples), percentile(samples, 0.99)))
                 stop.set()
                 await run

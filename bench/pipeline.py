@@ -32,9 +32,9 @@ from slixmpp.xmlstream.handler import Callback  # noqa: E402
 from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
 
 from agent.config import load_settings  # noqa: E402
-from agent.emulator import EmulatorOptions  # noqa: E402
-from agent.emulator_data import EventFactory, message_xml, utc_ts  # noqa: E402
 from agent.events import parse_event  # noqa: E402
+from agent.lab.emulator import EmulatorOptions  # noqa: E402
+from agent.lab.emulator.wire import EventFactory, message_xml, utc_ts  # noqa: E402
 from agent.session import MonitorSession  # noqa: E402
 from agent.store import Store  # noqa: E402
 

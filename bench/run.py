@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.prosody import ProsodyServer  # noqa: E402
+from agent.lab.prosody import ProsodyServer  # noqa: E402
 
 PY = sys.executable
 

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from agent import emulator
 from agent.config import Settings, load_settings
-from agent.prosody import ProsodyServer, prosody_available
+from agent.lab import emulator
+from agent.lab.prosody import ProsodyServer, prosody_available
 from agent.store import connect_readonly
 
 _accounts = itertools.count(1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import StoreSettings
-from agent.prosody import ProsodyServer
+from agent.lab.prosody import ProsodyServer
 from agent.store import Store
 
 

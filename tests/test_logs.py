@@ -16,10 +16,10 @@ import orjson
 import pytest
 from loguru import logger
 
-from agent import emulator
 from agent.config import LogSettings, load_settings
+from agent.lab import emulator
+from agent.lab.prosody import ProsodyServer
 from agent.logs import Redactor, RepeatFilter, secrets_of, setup_logging
-from agent.prosody import ProsodyServer
 
 from .conftest import agent_state, emulator_options, new_account, running, wait_until
 

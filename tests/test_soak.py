@@ -24,9 +24,9 @@ import httpx
 import orjson
 import pytest
 
-from agent import emulator
-from agent.emulator_data import DEFECTS, NAMESPACE, malformed_event
 from agent.events import iso
+from agent.lab import emulator
+from agent.lab.emulator.wire import DEFECTS, NAMESPACE, malformed_event
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

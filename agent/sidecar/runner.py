@@ -4,7 +4,9 @@ The watch loop takes new notifications into each sink's work (:meth:`Outbox.sync
 man's switch (the agent's ``heartbeat`` row older than ``sidecar.agent_down_after`` raises
 ``agent_down``; a fresh one resolves it) and re-posts firing alerts to Alertmanager. A sink that
 answers 401/403 raises ``sink_failing`` (its name in the ``api`` field), which the other sinks
-deliver; its first success afterwards resolves it.
+deliver; its first success afterwards resolves it. A notification a sink dead-letters raises
+``dead_letter`` (warning, the sink in ``api``), which resolves after its class's ``quiet_seconds``
+without a new one; the sidecar's alerts are swept (quiet, repeats) while any of them fires.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import httpx
 from loguru import logger
@@ -20,12 +23,12 @@ from agent import __version__
 from agent.alerts import Observation
 from agent.config import Settings, WebhookSink, XmppSink
 from agent.events import epoch
-from agent.sidecar.alertmanager import AlertmanagerRelay
 from agent.sidecar.http import Round
 from agent.sidecar.instrumentation import InstrumentedClient
-from agent.sidecar.outbox import Outbox
-from agent.sidecar.webhook import WebhookRelay
-from agent.sidecar.xmpp import XmppRelay
+from agent.sidecar.sinks.alertmanager import AlertmanagerRelay
+from agent.sidecar.sinks.webhook import WebhookRelay
+from agent.sidecar.sinks.xmpp import XmppRelay, check_account
+from agent.store.outbox import Attempt, Outbox
 from agent.systemd import Notifier, stop_on_signals, watchdog_interval
 
 log = logger.bind(component="sidecar")
@@ -40,6 +43,8 @@ class Sidecar:
         self.relays: dict[str, Relay] = {}
         self._clients: list[httpx.AsyncClient] = []
         self.failing: set[str] = set()
+        #: Sinks whose dead_letter alert fires.
+        self.dead_letters: set[str] = set()
         self.agent_down = False
         self.started = time.time()
         self.notifier = Notifier()
@@ -58,12 +63,16 @@ class Sidecar:
             else:
                 self.relays[name] = AlertmanagerRelay(name, cfg, http)
         self._locks = {name: asyncio.Lock() for name in self.relays}
+        #: Each sink's delivery policy (agent.store.sequencing): what a later notification replaces.
+        self.orders = {name: relay.order for name, relay in self.relays.items()}
 
     async def close(self) -> None:
-        for relay in self.relays.values():
+        for name, relay in self.relays.items():
             if isinstance(relay, XmppRelay):
-                with contextlib.suppress(Exception):
+                try:
                     await relay.close()
+                except Exception as exc:  # stopping goes on: the server drops the session itself
+                    log.warning("sink {}: closing the XMPP connection failed: {}: {}", name, type(exc).__name__, exc)
         for client in self._clients:
             await client.aclose()
 
@@ -72,6 +81,8 @@ class Sidecar:
         for name in self.relays:
             if await self.outbox.is_firing("sink_failing", name):
                 self.failing.add(name)
+            if await self.outbox.is_firing("dead_letter", name):
+                self.dead_letters.add(name)
         log.info("sidecar {} relaying to {}", __version__, ", ".join(self.relays) or "no sink")
         self.notifier.ready(f"relaying to {', '.join(self.relays) or 'no sink'}")
         async with asyncio.TaskGroup() as tasks:
@@ -88,7 +99,8 @@ class Sidecar:
         interval = watchdog_interval()
         while not stop.is_set():
             await self.check_heartbeat()
-            await self.outbox.sync(self.relays)
+            await self._sweep()
+            await self.outbox.sync(self.orders)
             # This loop reading the database every poll_seconds is what proves the sidecar alive.
             mono = time.monotonic()
             if interval and mono - last_ping >= interval:
@@ -109,6 +121,13 @@ class Sidecar:
                         await relay.repost(await self.outbox.firing())
                 last_repost = now
             await self._sleep(stop, self.settings.sidecar.poll_seconds)
+
+    async def _sweep(self) -> None:
+        """While one of the sidecar's alerts fires, let its rules run: quiet resolution, repeats."""
+        if not (self.dead_letters or self.failing or self.agent_down) or not self.outbox.alerts.sweep_due():
+            return
+        await self.outbox.observe([])
+        self.dead_letters = {name for name in self.dead_letters if await self.outbox.is_firing("dead_letter", name)}
 
     async def check_heartbeat(self) -> None:
         """The dead man's switch."""
@@ -150,13 +169,32 @@ class Sidecar:
             self.failing.discard(name)
             log.info("sink {} works again", name)
             await self.outbox.observe([Observation("sidecar", "sink_failing", api=name, ok=True)])
-        if rnd.failing or rnd.delivered:
-            await self.outbox.sync(self.relays)
+        # Its own dead_letter notifications rejected by the same sink do not count: no feedback loop.
+        dead = [a for a in rnd.dead if not _about_sink(a.item.alert, name)]
+        if dead:
+            await self.outbox.observe([Observation("sidecar", "dead_letter", api=name, detail=_dead(a))
+                                       for a in dead])  # fmt: skip
+            self.dead_letters.add(name)
+        if rnd.failing or rnd.delivered or dead:
+            await self.outbox.sync(self.orders)
+
+
+def _about_sink(alert: dict[str, Any], sink: str) -> bool:
+    return alert.get("source") == "sidecar" and alert.get("code") == "dead_letter" and alert.get("api") == sink
+
+
+def _dead(attempt: Attempt) -> str:
+    a, item = attempt.item.alert, attempt.item
+    what = " ".join(str(p) for p in (a.get("source"), a.get("code"), a.get("app"), a.get("api")) if p)
+    return f"notification {item.key} ({item.transition} {what}): {attempt.error}"
 
 
 async def run_sidecar(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``)."""
     stop = stop_on_signals(stop)
+    for name, cfg in settings.sidecar.named_sinks():
+        if isinstance(cfg, XmppSink):
+            check_account(name, cfg, settings)  # before anything is opened: one line, exit code 2
     outbox = await Outbox.open(settings.store.path, settings.alerts, settings.store.busy_timeout_ms)
     sidecar = Sidecar(settings, outbox)
     try:

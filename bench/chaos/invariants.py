@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
-from agent.emulator_data import HISTORY_KINDS
 from agent.events import dumps_value, epoch
+from agent.lab.emulator.wire import HISTORY_KINDS
 
 from .observe import quarantine_text_key
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import orjson
 
-from agent.emulator_data import HISTORY_KINDS
 from agent.events import epoch, iso
+from agent.lab.emulator.wire import HISTORY_KINDS
 
 from .receiver import Receiver
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from agent.prosody import ProsodyServer
+from agent.lab.prosody import ProsodyServer
 
 from . import invariants as inv
 from .observe import FaultRun, Tracker

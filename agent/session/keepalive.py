@@ -1,0 +1,74 @@
+"""Liveness is the session's own decision: XEP-0199 pings, and an abort when the server is silent.
+
+Aborting (not slixmpp's ``reconnect()``, which closes the stream cleanly) keeps the server-side
+session hibernating, so the next connection can resume it (XEP-0198).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from loguru import logger
+from slixmpp import JID, ClientXMPP
+from slixmpp.exceptions import IqError, IqTimeout
+
+from agent.config import KeepaliveSettings
+from agent.events import utc_now
+from agent.store import Store
+
+log = logger.bind(component="session")
+
+
+class Keepalive:
+    """Pings every ``interval`` seconds; ``last_rtt`` is the newest round-trip time in seconds."""
+
+    def __init__(self, client: ClientXMPP, store: Store, settings: KeepaliveSettings) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.last_rtt: float | None = None
+        self.pings = 0  # answered
+        self._unawaited: set[asyncio.Task[None]] = set()
+
+    def _send_unawaited(self, ping: Any) -> None:
+        async def send() -> None:
+            with contextlib.suppress(IqError, IqTimeout):
+                await ping.send_ping(JID(self.client.boundjid.domain), timeout=self.settings.interval)
+
+        task = asyncio.ensure_future(send())
+        self._unawaited.add(task)
+        task.add_done_callback(self._unawaited.discard)
+
+    async def run(self, current: Callable[[], bool], paused: Callable[[], bool] = lambda: False) -> None:
+        """Ping while ``current()`` says this connection is still the live one.
+
+        While reads are paused on purpose (``paused()``: the writer is far behind), an answer cannot
+        be read, so its absence proves nothing: the ping is still sent (the Monitor API drops a
+        connection that sends nothing for 10 minutes) and its answer is not awaited.
+        """
+        ping = self.client.plugin["xep_0199"]
+        while current() and self.client.transport is not None:
+            await asyncio.sleep(self.settings.interval)
+            if paused():
+                self._send_unawaited(ping)
+                continue
+            started = time.monotonic()
+            try:
+                await ping.send_ping(JID(self.client.boundjid.domain), timeout=self.settings.timeout)
+            except IqTimeout:
+                log.warning("no answer to ping within {:.0f} s: dropping the connection", self.settings.timeout)
+                self.store.count("ping_timeouts")
+                self.store.observe("session", "ping_timeout", detail="no answer to ping")
+                self.client.disconnect_reason = "ping timeout"
+                self.client.abort()
+                return
+            except IqError:
+                pass  # an error answer still proves the server is alive
+            self.last_rtt = time.monotonic() - started
+            self.pings += 1
+            self.store.set_state("last_ping_rtt_ms", round(self.last_rtt * 1000, 1))
+            self.store.set_state("last_ping_at", utc_now())

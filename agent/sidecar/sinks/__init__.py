@@ -1,0 +1,1 @@
+"""The sinks the sidecar relays notifications to: an HTTP webhook in batches, Alertmanager, XMPP."""
