@@ -232,6 +232,20 @@ def test_check_delivery_explains_repeats_by_a_kill_only() -> None:
     assert not lost.ok and lost.numbers["undelivered"] == 1 and "pending" in lost.evidence[0]
 
 
+def test_check_delivery_excuses_only_superseded_repeats() -> None:
+    """docs/alerts.md: a pending repeat replaced by a later notification of its alert is never sent;
+    a firing or resolved marked superseded for a webhook sink is still a lost notification."""
+    notes = [*_notes(), inv.Notification(4, "k4", 11, "repeat", T0 + 4, "api/demo/500/push"),
+             inv.Notification(5, "k5", 11, "resolved", T0 + 5, "api/demo/500/push")]  # fmt: skip
+    accepted = [inv.Accepted(T0 + n, "alerts", f"k{n}") for n in (1, 2, 3, 5)]
+    states = {4: ("superseded", 0, "superseded by notification k5")}
+    check = inv.check_delivery(notes, accepted, "alerts", [], states, T0)
+    assert check.ok and check.numbers["superseded_repeats"] == 1 and check.numbers["undelivered"] == 0
+    states[2] = ("superseded", 0, "superseded by notification k3")
+    firing_lost = inv.check_delivery(notes, [a for a in accepted if a.key != "k2"], "alerts", [], states, T0)
+    assert not firing_lost.ok and firing_lost.numbers["undelivered"] == 1
+
+
 def test_check_order_catches_a_firing_after_its_resolved() -> None:
     in_order = [inv.Accepted(T0 + 1, "alerts", "k1"), inv.Accepted(T0 + 2, "alerts", "k2")]
     assert inv.check_order(_notes(), in_order, "alerts", [], T0).ok

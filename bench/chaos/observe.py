@@ -105,6 +105,9 @@ class Tracker:
     _conn: sqlite3.Connection | None = None
     # deliveries
     accepted: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    # sink -> keys of repeats the sidecar marked superseded (docs/alerts.md: a pending repeat is
+    # replaced by a later notification of its alert, and never sent to that sink)
+    superseded: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     _deliv_n: int = 0
     _notif_by_key: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (id, alert_id)
     _order_max: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -161,6 +164,12 @@ class Tracker:
                 self.notifications.append((rowid, key, alert_id, transition, epoch(created)))
                 self._notif_by_key[key] = (rowid, alert_id)
                 self._last["notifications"] = rowid
+            rows = conn.execute(
+                "SELECT d.sink, n.key FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
+                " WHERE d.state = 'superseded' AND n.transition = 'repeat'"
+            )
+            for sink, key in rows:
+                self.superseded[sink].add(key)
         except sqlite3.Error as exc:  # a schema not created yet, a busy moment: next tick
             if "no such table" not in str(exc):
                 self.errors.append(f"read: {exc}")
@@ -253,12 +262,15 @@ class Tracker:
             i += 1
         return None
 
+    def done(self, sink: str, key: str) -> bool:
+        """The notification was accepted by ``sink``, or is a repeat superseded for it (never sent, by design)."""
+        return key in self.accepted[sink] or key in self.superseded[sink]
+
     def _notifications_from(self, start: int, end: float) -> int | None:
-        main = self.accepted["alerts"]
         notes = self.notifications
         i = start
         while i < len(notes) and notes[i][4] <= end:
-            if notes[i][1] not in main:
+            if not self.done("alerts", notes[i][1]):
                 return i
             i += 1
         return None
@@ -307,11 +319,10 @@ class Tracker:
                 self._integrity(now)
             elif now > f.ended + self.deadline or final:
                 f.unsettled = True
-                main = self.accepted["alerts"]
                 f.missing_events = [eid for ts, eid in self.sent[f.ev_ptr :] if ts <= end_ts and eid not in self.stored]
                 f.undelivered = [
                     key for _n, key, _a, _t, created in self.notifications[f.notif_ptr or 0 :]
-                    if created <= f.ended and key not in main
+                    if created <= f.ended and not self.done("alerts", key)
                 ]  # fmt: skip
 
     def _integrity(self, now: float) -> None:
