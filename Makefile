@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEBS   := prosody sqlite3 openssl iproute2 prometheus-alertmanager systemd systemd-container debootstrap
+DEBS   := prosody lua-dbi-sqlite3 sqlite3 openssl iproute2 prometheus-alertmanager systemd systemd-container debootstrap
 DEMO_SECONDS ?= 30
 
 .PHONY: demo test deps debs venv azurite bench clean install uninstall

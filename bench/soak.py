@@ -40,6 +40,13 @@ def parse(argv: list[str] | None = None) -> Options:
     a("--seed", type=int, required=True, help="fixes the stream and the fault schedule")
     a("--minutes", type=float, required=True, help="length of the stream (faults fall within it)")
     a("--server", default="prosody", choices=["prosody"], help="the XMPP server (only prosody so far)")
+    a(
+        "--archive",
+        default="sql",
+        choices=["sql", "internal"],
+        help="Prosody's archive storage: sql (SQLite, needs lua-dbi-sqlite3) or internal (files; every MAM page"
+        " reads the whole archive, so catch-ups crawl) (default %(default)s)",
+    )
     a("--rate", type=float, default=400.0, help="base events/s (bursts are 5x) (default %(default)s)")
     a("--json", type=Path, default=None, metavar="PATH", help="write the summary as JSON")
     a("--workdir", type=Path, default=None, help="work directory (default: a new one under $TMPDIR)")
@@ -67,7 +74,7 @@ def parse(argv: list[str] | None = None) -> Options:
         seed=args.seed, minutes=args.minutes, server=args.server, rate=args.rate, json_path=args.json,
         workdir=args.workdir, rss_limit_mb=args.rss_limit_mb, rss_growth_mb=args.rss_growth_mb,
         settle_deadline=args.settle_deadline, quiesce_deadline=args.quiesce_deadline, tmpfs_mb=args.tmpfs_mb,
-        quiet=args.quiet, flood=args.flood,
+        quiet=args.quiet, flood=args.flood, archive=args.archive,
         only=None if args.only is None else frozenset(k.strip() for k in args.only.split(",") if k.strip()),
     )  # fmt: skip
 

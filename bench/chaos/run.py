@@ -39,6 +39,10 @@ from .schedule import Fault, Plan, Segment, make_plan
 ROOT = Path(__file__).resolve().parents[2]
 APPS = {"demo": "demo-key", "shop": "shop-key"}
 REFUSED = {"locked": 402}  # subscribed by the agent, refused by the emulator: a subscription alert
+#: Prosody's archive in SQLite (mod_storage_sql, Debian's lua-dbi-sqlite3). Its internal storage
+#: reads and parses the whole archive file for every MAM page, so a catch-up that pages through a
+#: few minutes of this stream takes minutes: a server limit, not the agent's. "--archive internal" keeps it.
+SQL_ARCHIVE = 'storage = { archive = "sql" }\nsql = { driver = "SQLite3", database = "prosody.sqlite" }\n'
 SERVER_QUEUE = 100  # smacks_max_queue_size: overflows after ~2.5 s down at the base rate
 HIBERNATION = 30  # smacks_hibernation_time
 ALERT_RULES = {
@@ -69,6 +73,7 @@ class Options:
     quiet: bool = False
     flood: int = 0
     only: frozenset[str] | None = None
+    archive: str = "sql"
 
 
 def say(opts: Options, text: str) -> None:
@@ -423,9 +428,16 @@ class Soak:
 
     async def run(self) -> None:
         opts, plan = self.opts, self.plan
+        if opts.archive == "sql" and not list(Path("/usr/lib").glob("*/lua/5.*/dbd/sqlite3.so")):
+            raise RuntimeError(
+                "Prosody's SQL archive needs Debian's lua-dbi-sqlite3 (make deps installs it); or run with --archive internal"
+            )
         mount_tmpfs(self.disk, self.tmpfs_size())
         self.mounted = True
-        self.server = ProsodyServer(self.work / "prosody", hibernation_time=HIBERNATION, max_queue_size=SERVER_QUEUE)
+        self.server = ProsodyServer(
+            self.work / "prosody", hibernation_time=HIBERNATION, max_queue_size=SERVER_QUEUE,
+            extra_config=SQL_ARCHIVE if self.opts.archive == "sql" else "",
+        )  # fmt: skip
         await asyncio.to_thread(self.server.start)
         self.account = (self.server.register("soak", "soak-secret-pw"), "soak-secret-pw")
         self.receiver.start()
@@ -683,18 +695,35 @@ def read_event_log(path: Path) -> list[tuple[str, str, str]]:
     return out
 
 
+def _sql_archive(data_dir: Path) -> list[tuple[str, float, str]]:
+    """(key, when, stanza) of every item of Prosody's SQL archive, if it has one."""
+    path = data_dir / "prosody.sqlite"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return [(str(k), float(w), str(v)) for k, w, v in
+                conn.execute('SELECT key, "when", value FROM prosodyarchive WHERE store = \'archive\'')]  # fmt: skip
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
+
+
 def archived_ids(data_dir: Path) -> set[str]:
-    """Every UUID in the server's archive files (for "is the lost event still on the server?")."""
+    """Every UUID in the server's archive (files or SQL) (for "is the lost event still on the server?")."""
     uuid = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
     out: set[str] = set()
     for path in data_dir.rglob("*"):
         if path.is_file() and "archive" in str(path.relative_to(data_dir)):
             out.update(m.decode() for m in uuid.findall(path.read_bytes()))
+    for _key, _when, value in _sql_archive(data_dir):
+        out.update(m.decode() for m in uuid.findall(value.encode()))
     return out
 
 
 def archive_times(data_dir: Path) -> dict[str, float]:
-    """Archive id (XEP-0359 stanza-id) -> when the server archived it, from Prosody's internal storage."""
+    """Archive id (XEP-0359 stanza-id) -> when the server archived it, from Prosody's internal or SQL storage."""
     key = re.compile(rb'\["key"\] = "([^"]+)";')
     when = re.compile(rb'\["when"\] = ([0-9.]+);')
     out: dict[str, float] = {}
@@ -704,6 +733,7 @@ def archive_times(data_dir: Path) -> dict[str, float]:
                 k, w = key.search(item), when.search(item)
                 if k and w:
                     out[k.group(1).decode()] = float(w.group(1))
+    out.update((k, w) for k, w, _v in _sql_archive(data_dir))  # whole seconds there
     return out
 
 
