@@ -15,7 +15,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -292,22 +291,41 @@ def test_short_profile_covers_the_faults_that_matter() -> None:
     assert sum(counts[k] > 0 for k in LANES["webhook"]) >= 3
 
 
-@pytest.mark.soak  # not also "prosody": `-m prosody` must not pull in a soak (it runs its own server)
-@pytest.mark.timeout(900)
-def test_short_soak(tmp_path: Path) -> None:
-    """One minute, seed SHORT_SEED (13 of the fault kinds, every agent kill among them): every invariant
-    holds. Today's code fails it (see the report); the harness itself must not."""
+#: Seeds that failed once, kept as regression runs (seed: minutes, what it caught). Each is a
+#: ``soak``-marked run of bench/soak.py: ``pytest -m soak tests/test_soak.py -k regression``.
+REGRESSION_SEEDS: dict[int, tuple[float, str]] = {
+    1: (
+        3,
+        "events lost after a catch-up kill (the archive position ran ahead; lead's fix on main); one quarantine"
+        " row per replay; a new sink got history; then, after the merge of main, 57 extra quarantine rows: a"
+        " catch-up from Prosody's archive gives an event's attributes in another order, which changed the"
+        " quarantine digest (fixed in plugins/monitor_events, tests/plugins/test_quarantine_replay_order.py)",
+    ),
+    2: (
+        3,
+        "as seed 1 (events lost 36-52%, quarantine replays, history to a new sink; then the attribute-order"
+        " quarantine rows), and a superseded repeat the harness counted as lost (harness fixed)",
+    ),
+    3: (3, "as seed 1 before the fixes on main; passes since"),
+    8: (
+        1,
+        "the short profile: every agent kill, server and disk fault in one minute (failed before the fixes on main)",
+    ),
+}
+
+
+def _soak(tmp_path: Path, seed: int, minutes: float) -> None:
+    """Run bench/soak.py and fail with its evidence unless every invariant holds."""
     if os.geteuid() != 0:
         pytest.fail("the soak needs root (a tmpfs for the database, ss -K): run it as the CI does")
     out = tmp_path / "soak.json"
-    started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "soak.py"), "--seed", str(SHORT_SEED), "--minutes", "1", "--json", str(out),
-         "--workdir", str(tmp_path / "work"), "--quiet"],
+        [sys.executable, str(ROOT / "bench" / "soak.py"), "--seed", str(seed), "--minutes", str(minutes), "--json",
+         str(out), "--workdir", str(tmp_path / "work"), "--quiet"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        stdout, stderr = proc.communicate(timeout=780)
+        stdout, stderr = proc.communicate(timeout=240 + minutes * 60 * 3)
     except subprocess.TimeoutExpired:
         proc.terminate()  # the soak cleans up (processes, tmpfs) on SIGTERM
         stdout, stderr = proc.communicate(timeout=90)
@@ -315,8 +333,21 @@ def test_short_soak(tmp_path: Path) -> None:
     summary = json.loads(out.read_text())
     harness = next(c for c in summary["checks"] if c["name"] == "harness")
     assert harness["ok"], f"the harness failed: {harness}"
-    assert summary["faults_injected"].get("agent_kill_catchup") and summary["faults_injected"].get("prosody_kill")
-    assert time.monotonic() - started < 600
     failed = [f"{c['name']}: {c['numbers']} {c['evidence'][:3]}" for c in summary["checks"] if not c["ok"]]
     assert not failed, "invariants failed:\n" + "\n".join(failed) + "\n" + stdout[-4000:]
     assert proc.returncode == 0
+
+
+@pytest.mark.soak  # not also "prosody": `-m prosody` must not pull in a soak (it runs its own server)
+@pytest.mark.timeout(900)
+def test_short_soak(tmp_path: Path) -> None:
+    """One minute, seed SHORT_SEED (13 of the fault kinds, every agent kill among them): every invariant holds."""
+    _soak(tmp_path, SHORT_SEED, 1)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(1500)
+@pytest.mark.parametrize("seed", sorted(REGRESSION_SEEDS))
+def test_regression_seed(tmp_path: Path, seed: int) -> None:
+    """A seed that failed once (REGRESSION_SEEDS says what it caught) passes now."""
+    _soak(tmp_path, seed, REGRESSION_SEEDS[seed][0])
