@@ -42,7 +42,14 @@ REFUSED = {"locked": 402}  # subscribed by the agent, refused by the emulator: a
 #: Prosody's archive in SQLite (mod_storage_sql, Debian's lua-dbi-sqlite3). Its internal storage
 #: reads and parses the whole archive file for every MAM page, so a catch-up that pages through a
 #: few minutes of this stream takes minutes: a server limit, not the agent's. "--archive internal" keeps it.
-SQL_ARCHIVE = 'storage = { archive = "sql" }\nsql = { driver = "SQLite3", database = "prosody.sqlite" }\n'
+#: Set for the virtual host: a second global ``storage`` would be a duplicate option, which Prosody
+#: 0.12 reports with a line number it cannot find when the config's path is long (it then refuses
+#: the config: "bad argument #2 to 'format'"). The template opens the same host again after this.
+SQL_ARCHIVE = """
+VirtualHost "{domain}"
+storage = {{ archive = "sql" }}
+sql = {{ driver = "SQLite3", database = "prosody.sqlite" }}
+"""
 SERVER_QUEUE = 100  # smacks_max_queue_size: overflows after ~2.5 s down at the base rate
 HIBERNATION = 30  # smacks_hibernation_time
 ALERT_RULES = {
@@ -436,7 +443,7 @@ class Soak:
         self.mounted = True
         self.server = ProsodyServer(
             self.work / "prosody", hibernation_time=HIBERNATION, max_queue_size=SERVER_QUEUE,
-            extra_config=SQL_ARCHIVE if self.opts.archive == "sql" else "",
+            extra_config=SQL_ARCHIVE.format(domain="localhost") if self.opts.archive == "sql" else "",
         )  # fmt: skip
         await asyncio.to_thread(self.server.start)
         self.account = (self.server.register("soak", "soak-secret-pw"), "soak-secret-pw")
