@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEBS   := prosody ejabberd erlang-p1-sqlite3 sqlite3 openssl iproute2 prometheus-alertmanager systemd systemd-container debootstrap prometheus tmux chromium nats-server
+DEBS   := prosody lua-dbi-sqlite3 ejabberd erlang-p1-sqlite3 sqlite3 openssl iproute2 prometheus-alertmanager systemd systemd-container debootstrap prometheus tmux chromium nats-server
 DEMO_SECONDS ?= 30
 
 .PHONY: demo test deps debs venv azurite bench clean install uninstall

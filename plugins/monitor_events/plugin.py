@@ -182,8 +182,20 @@ def archive_time(delay: ET.Element | None) -> str | None:
         return None
 
 
+def _sorted(element: ET.Element) -> ET.Element:
+    """A copy of ``element`` with the attributes of it and its descendants in name order."""
+    copy = ET.Element(element.tag, dict(sorted(element.attrib.items())))
+    copy.text, copy.tail = element.text, None
+    copy.extend(_sorted(child) for child in element)
+    for new, old in zip(copy, element, strict=True):
+        new.tail = old.tail
+    return copy
+
+
 def _raw(element: ET.Element) -> str:
-    text = ET.tostring(element, encoding="unicode")
+    # Attributes in name order: the quarantine's de-duplication digest covers this text, and a
+    # server's archive gives an event back with its attributes in another order (Prosody's does).
+    text = ET.tostring(_sorted(element), encoding="unicode")
     if len(text) > MAX_RAW_CHARS:
         return text[:MAX_RAW_CHARS] + f"… [truncated, {len(text)} characters in all]"
     return text

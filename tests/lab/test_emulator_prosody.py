@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,9 +55,18 @@ class Receiver:
         self.client.send_presence()
 
     async def subscribe(self, app: str, key: str, verb: str = "subscribe") -> Iq:
-        iq = self.client.make_iq_set(ito=self.server.component)
-        iq.append(ET.Element(f"{{{NS}}}{verb}", {"app": app, "key": key}))
-        return await iq.send(timeout=10)
+        # The emulator runs as a task: on a loaded machine its component may not be connected yet,
+        # and the server answers for it (remote-server-timeout, "Component unavailable").
+        deadline = time.monotonic() + 15
+        while True:
+            iq = self.client.make_iq_set(ito=self.server.component)
+            iq.append(ET.Element(f"{{{NS}}}{verb}", {"app": app, "key": key}))
+            try:
+                return await iq.send(timeout=10)
+            except IqError as exc:
+                if exc.iq["error"]["condition"] != "remote-server-timeout" or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.1)
 
     async def stop(self) -> None:
         with contextlib.suppress(Exception):

@@ -28,7 +28,7 @@ from slixmpp.xmlstream.xmlstream import NotConnectedError
 from agent.exceptions import AuthenticationError, NegotiationTimeout, SessionError
 from agent.lab.emulator.options import EmulatorOptions, EmulatorReport
 from agent.lab.emulator.stream import Streamer
-from agent.lab.emulator.wire import CONDITIONS, OK, iq_reply_xml
+from agent.lab.emulator.wire import CONDITIONS, OK, EventFactory, iq_reply_xml
 
 LOST = "The connection to the XMPP server was lost while streaming: is the server still running?"
 
@@ -203,8 +203,17 @@ async def _drain(xmpp: MonitorComponent, timeout: float = 60.0) -> None:
         await asyncio.sleep(0.005)
 
 
-async def run(options: EmulatorOptions, stop: asyncio.Event | None = None) -> EmulatorReport:
-    """Connect, serve subscribes, stream until count, duration or ``stop``; then flush and leave."""
+async def run(
+    options: EmulatorOptions,
+    stop: asyncio.Event | None = None,
+    factory: Callable[[EmulatorOptions], EventFactory] = EventFactory,
+) -> EmulatorReport:
+    """Connect, serve subscribes, stream until count, duration or ``stop``; then flush and leave.
+
+    ``factory`` makes the events (a subclass of EventFactory can record them: its ``sent`` is
+    called after each stanza); ``report.server_closed`` says whether the server closed its stream
+    after reading everything sent, within the wait.
+    """
     report = EmulatorReport()
     stop = stop or asyncio.Event()
     xmpp = MonitorComponent(options, report)
@@ -225,7 +234,7 @@ async def run(options: EmulatorOptions, stop: asyncio.Event | None = None) -> Em
             for app in apps:
                 apps[app] = now + options.start_delay
         deadline = now + options.duration if options.duration else float("inf")
-        streamer = Streamer(xmpp, options, report, log)
+        streamer = Streamer(xmpp, options, report, log, factory)
         try:
             await streamer.run(stop, deadline)
         except NotConnectedError:
@@ -247,8 +256,9 @@ async def run(options: EmulatorOptions, stop: asyncio.Event | None = None) -> Em
             # never reached it.
             closed = asyncio.Event()
             xmpp.add_event_handler("disconnected", lambda _e: closed.set())
-            wait = max(10.0, report.stanzas_sent / 50)
+            wait = options.close_timeout or max(10.0, report.stanzas_sent / 50)
             await xmpp.disconnect(wait=wait)
+            report.server_closed = closed.is_set()
             if not closed.is_set():
                 logger.error(
                     "The server did not close its stream within {:.0f} s: the last events sent may not have"

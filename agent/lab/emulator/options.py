@@ -37,6 +37,7 @@ class EmulatorOptions:
     seed: int | None = None
     start_delay: float = 0.0
     connect_timeout: float = 15.0
+    close_timeout: float = 0.0  # seconds to wait for the server to close its stream; 0: 10 s or 1 s per 50 stanzas
 
     def __repr__(self) -> str:  # keeps the secret and the API keys out of logs and tracebacks
         return f"EmulatorOptions(jid={self.jid!r}, apps={sorted(self.apps)!r}, to={self.to!r})"
@@ -54,6 +55,7 @@ class EmulatorReport:
     subscribes_ok: int = 0
     subscribes_refused: int = 0
     elapsed: float = 0.0
+    server_closed: bool = False  # the server closed its stream after ours: it read everything sent
 
 
 # --- command line ---------------------------------------------------------------------------

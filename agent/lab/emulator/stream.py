@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 from loguru import logger
@@ -68,9 +69,10 @@ class Streamer:
         options: EmulatorOptions,
         report: EmulatorReport,
         log: TextIO | None,
+        factory: Callable[[EmulatorOptions], EventFactory] = EventFactory,
     ) -> None:
         self.xmpp, self.options, self.report, self.log = xmpp, options, report, log
-        self.factory = EventFactory(options)
+        self.factory = factory(options)
         self.pending_dups: dict[str, list[str]] = {}  # app -> events to send again
         # Counted from totals rather than accumulated, so 0.1 of 100 events is exactly 10.
         self.valid_n = self.dups_made = self.mal_made = 0
@@ -115,6 +117,7 @@ class Streamer:
         self.report.stanzas_sent += len(jids)
         if self.log is not None:
             self.log.writelines(lines)
+        self.factory.sent()
 
     async def backpressure(self) -> None:
         """Wait while the transport holds more than a few MB that the server has not read."""

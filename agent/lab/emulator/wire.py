@@ -269,3 +269,7 @@ class EventFactory:
             self._malformed_n += 1
         eid = f"bad-{self._tag}-{self._malformed_n}"
         return defect, malformed_event(defect, self.ns, eid, app, ts, self.rng)
+
+    def sent(self) -> None:
+        """Called once the stanza(s) carrying every event made since the last call were handed to
+        the transport. A hook for tools that record what was sent (the chaos soak); does nothing here."""
