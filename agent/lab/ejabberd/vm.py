@@ -20,15 +20,15 @@ from agent.lab.ejabberd.installed import EjabberdError
 Process = tuple[int, int]
 
 
-def proc_stat(pid: int) -> tuple[int, int] | None:
-    """(parent PID, start time in clock ticks) of a live process, from /proc; None if gone."""
+def proc_stat(pid: int) -> tuple[int, int, str] | None:
+    """(parent PID, start time in clock ticks, state letter) of a process, from /proc; None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after its last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[19])
+    return int(fields[1]), int(fields[19]), fields[0]
 
 
 def descendants(root: int) -> list[Process]:
@@ -48,16 +48,22 @@ def descendants(root: int) -> list[Process]:
     return found
 
 
-def end_processes(processes: list[Process], grace: float = 0.2) -> None:
-    """Wait up to *grace* seconds for these processes to exit; SIGKILL those still there.
+def end_processes(processes: list[Process], grace: float = 0.2, timeout: float = 5.0) -> None:
+    """Wait up to *grace* seconds for these processes to exit; SIGKILL those still there and wait for them.
 
     Once the VM is gone its helpers have nothing left to do, but ``erl_child_setup`` (and the
     ``inet_gethost`` it started) lingers 1-2 s before it notices: not worth waiting for on every stop.
-    A process counts as the same only while its start time matches, so a recycled PID is never hit.
+    A process counts as the same only while its start time matches, so a recycled PID is never hit;
+    a zombie counts as ended (it is dead; its new parent, not us, reaps it).
     """
 
     def alive() -> list[int]:
-        return [pid for pid, started in processes if (proc_stat(pid) or (0, -1))[1] == started]
+        found = []
+        for pid, started in processes:
+            info = proc_stat(pid)
+            if info is not None and info[1] == started and info[2] != "Z":
+                found.append(pid)
+        return found
 
     deadline = time.monotonic() + grace
     while alive() and time.monotonic() < deadline:
@@ -65,6 +71,12 @@ def end_processes(processes: list[Process], grace: float = 0.2) -> None:
     for pid in alive():
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously: return only once they are dead.
+    deadline = time.monotonic() + timeout
+    while (left := alive()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if left:
+        raise EjabberdError(f"helper processes {left} of the VM survived SIGKILL for {timeout:.0f} s")
 
 
 def thread_states(pid: int) -> list[str]:
