@@ -90,6 +90,12 @@ async def main(options: emulator.EmulatorOptions, record: TextIO) -> int:
     except Exception as exc:
         print(f"emulator failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         return 3
+    finally:
+        # The stream is over: a later SIGTERM (two overlapping faults both pause the stream) must
+        # not kill the process on its way out, once asyncio has put the default action back.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
     print(orjson.dumps({k: getattr(report, k) for k in report.__dataclass_fields__}).decode(), flush=True)
     if not report.server_closed:
         print(
