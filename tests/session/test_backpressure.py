@@ -35,7 +35,8 @@ async def test_backlog_stays_bounded_across_connection_cuts_and_pings(
     async with lifespan(settings) as app, running(app.session.run(stop)):
         await wait_until(app.session.connected.is_set, what="connected")
         await wait_until(lambda: db.exists(), what="database")
-        locker = sqlite3.connect(db, isolation_level=None, timeout=5)
+        # The agent's writer may hold the lock for a moment: wait for it (a loaded machine is slow).
+        locker = sqlite3.connect(db, isolation_level=None, timeout=60)
         locker.execute("BEGIN IMMEDIATE")  # every commit of the agent now fails with "locked"
         stream = asyncio.ensure_future(
             emulator.run(emulator_options(server, to=[account[0]], count=30_000, batch=10, rate=3000, event_log=log))
