@@ -112,6 +112,7 @@ class StoreSettings(Section):
         default=60.0, gt=0,
         description="a write blocked this long counts as wedged (systemd watchdog); keep it above busy_timeout",
     )  # fmt: skip
+    min_free_mb: float = Field(default=512, ge=0, description="raise disk_low below this much free space; 0: never")
 
 
 class PluginSettings(Section):

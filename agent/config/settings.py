@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from agent.config.relay import AlertSettings, SidecarSettings
+from agent.config.retention import RetentionSettings
 from agent.config.sections import (
     ExportSettings,
     KeepaliveSettings,
@@ -54,6 +55,7 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(
