@@ -29,6 +29,7 @@ from agent.store.batch import Commit, write_batch
 from agent.store.connection import open_writer
 from agent.store.rows import Quarantined
 from agent.store.schema import SCHEMA_VERSION
+from agent.store.upkeep import Upkeep
 
 log = logger.bind(component="store")
 
@@ -68,6 +69,8 @@ class Store:
         self.backpressure: Callable[[bool], None] | None = None
         self.high_water = max(50 * settings.batch_size, 100_000)
         self._over = False
+        #: Retention, free space and checkpoints between commits (agent.store.upkeep).
+        self.upkeep = Upkeep(settings, self.observe, self.count)
 
     @classmethod
     async def open(cls, settings: StoreSettings, alerts: AlertSettings | None = None) -> Store:
@@ -88,6 +91,7 @@ class Store:
 
     def submit_events(self, events: list[Event], received_at: str) -> None:
         self._check_open()
+        events = self.upkeep.admit(events)
         self._backlog.events.extend((event, received_at) for event in events)
         if self.track_arrivals:
             self._backlog.arrivals.append(time.perf_counter())
@@ -171,6 +175,7 @@ class Store:
         delay = 0.0
         while True:
             timeout = max(0.0, self._last_heartbeat + self.settings.heartbeat_seconds - time.monotonic())
+            timeout = min(timeout, self.upkeep.due_in())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
@@ -201,6 +206,8 @@ class Store:
             delay = 0.0
             if self._closing and not self._has_work():
                 return
+            if await self.upkeep.step(self._conn, busy=self._backlog.records > 0) and self.pending:
+                self._full.set()  # what arrived during a prune step has waited: commit it now
 
     def _has_work(self) -> bool:
         return self._backlog.has_work() or self.alerts.has_pending
@@ -279,6 +286,7 @@ class Store:
             if not mark.future.done():
                 mark.future.set_exception(StoreClosedError("the store closed before committing"))
         self._closed = True
+        await self.upkeep.close()
         with contextlib.suppress(sqlite3.Error):
             await self._conn.close()
         log.info("database {} closed", self.settings.path)
