@@ -139,6 +139,13 @@ CATALOGUE: Final[dict[str, Status]] = {
             "critical",
             "free space on the database's filesystem or release the lock; events wait on the server",
         ),
+        _S(
+            "disk_low",
+            "the database's file system has less free space than XMPPMON_STORE__MIN_FREE_MB",
+            "storage",
+            "warning",
+            "free space, shorten XMPPMON_RETENTION__HISTORY_DAYS, or move the database; see xmppmon db stats",
+        ),
         # Raised by the sidecar itself.
         _S(
             "agent_down",
