@@ -20,6 +20,7 @@ from agent import __version__
 from agent.alerts import Observation
 from agent.config import Settings, WebhookSink, XmppSink
 from agent.events import epoch
+from agent.exceptions import StoreError
 from agent.sidecar.http import Round
 from agent.sidecar.instrumentation import InstrumentedClient
 from agent.sidecar.sinks.alertmanager import AlertmanagerRelay
@@ -87,8 +88,14 @@ class Sidecar:
         last_repost = last_ping = last_status = 0.0
         interval = watchdog_interval()
         while not stop.is_set():
-            await self.check_heartbeat()
-            await self.outbox.sync(self.relays)
+            try:
+                # A full disk refuses these writes: keep polling, sending and pinging meanwhile.
+                await self.check_heartbeat()
+                await self.outbox.sync(self.relays)
+                for name in self.relays:
+                    await self.outbox.flush_held(name)
+            except StoreError as exc:
+                log.error("{}; retrying every poll", exc)
             # This loop reading the database every poll_seconds is what proves the sidecar alive.
             mono = time.monotonic()
             if interval and mono - last_ping >= interval:
@@ -137,7 +144,8 @@ class Sidecar:
             async with self._locks[name]:
                 rnd: Round = await relay.deliver(items)
                 await self.outbox.record(name, rnd.attempts, park_until=time.time() + cfg.park_seconds)
-            await self._meta(name, rnd)
+            with contextlib.suppress(StoreError):  # logged by the watch loop, which retries
+                await self._meta(name, rnd)
             if rnd.pause:
                 await self._sleep(stop, rnd.pause)
 

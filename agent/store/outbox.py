@@ -6,11 +6,17 @@ not seen yet (above its ``sink_cursor``) as ``pending``; :meth:`Outbox.due` read
 each notification to ``delivered``, ``dead`` or a later ``next_attempt_at`` in one transaction.
 A notification is ``delivered`` only once its sink confirmed it, and that is committed before the
 next round, so a restart (kill -9 included) re-sends only what was not confirmed.
+
+When the disk is full the sidecar still sends: a round whose record cannot be committed is held
+in memory (its notifications are not sent again meanwhile) and committed, in order, as soon as
+the database takes writes again (:meth:`Outbox.flush_held`); only a restart before that re-sends
+them, with the same idempotency key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -20,12 +26,16 @@ from typing import Any
 
 import aiosqlite
 import orjson
+from loguru import logger
 
 from agent.alerts import AlertRules, Observation
 from agent.config import AlertSettings
 from agent.events import iso
+from agent.exceptions import StoreError
 from agent.store.alerts import apply_rules
 from agent.store.connection import open_writer
+
+log = logger.bind(component="sidecar")
 
 
 @dataclass(slots=True)
@@ -79,6 +89,10 @@ class Outbox:
         self._lock = asyncio.Lock()
         self.alerts = AlertRules(alerts, frozenset({"sidecar"}))
         self._closed = False
+        #: Rounds sent but not yet recorded (the disk was full), per sink, oldest first.
+        self._held: dict[str, list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]] = {}
+        self._refused: set[str] = set()
+        self._flushing: dict[str, asyncio.Lock] = {}
 
     @classmethod
     async def open(cls, path: Path, alerts: AlertSettings, busy_timeout_ms: int = 30_000) -> Outbox:
@@ -91,14 +105,18 @@ class Outbox:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; a database error (disk full, locked) becomes a StoreError."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
             try:
+                await self._conn.execute("BEGIN IMMEDIATE")
                 yield self._conn
-            except BaseException:
-                await self._conn.rollback()
+                await self._conn.commit()
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    await self._conn.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to the database: {exc}") from exc
                 raise
-            await self._conn.commit()
 
     async def sync(self, sinks: Iterable[str]) -> int:
         """Take notifications newer than each sink's cursor as pending; return how many."""
@@ -138,7 +156,8 @@ class Outbox:
                 " ORDER BY n.id LIMIT ?",
                 (sink, iso(time.time() if now is None else now), limit),
             )
-        return [Item(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5]) for r in rows]
+        held = self._held_ids(sink)  # sent, not yet recorded: never sent twice
+        return [Item(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5]) for r in rows if r[0] not in held]
 
     async def record(self, sink: str, attempts: list[Attempt], park_until: float) -> None:
         """Write the attempts of one round and each notification's new state, atomically.
@@ -162,13 +181,46 @@ class Outbox:
             state = a.status if a.status in ("delivered", "dead") else "pending"
             later = a.next_attempt_at or park_until
             updates.append((state, a.item.attempts, iso(later), a.error, now, sink, a.item.id))
-        async with self._transaction() as conn:
-            await conn.executemany(_INSERT_DELIVERY, rows)
-            await conn.executemany(
-                "UPDATE delivery_state SET state = ?, attempts = ?, next_attempt_at = ?, reason = ?,"
-                " updated_at = ? WHERE sink = ? AND notification_id = ?",
-                updates,
-            )
+        self._held.setdefault(sink, []).append((rows, updates))
+        await self.flush_held(sink)
+
+    def held(self, sink: str | None = None) -> int:
+        """Delivery attempts sent but not yet recorded (for ``sink``, or every sink)."""
+        rounds = [r for name, v in self._held.items() if sink in (None, name) for r in v]
+        return sum(len(rows) for rows, _ in rounds)
+
+    def _held_ids(self, sink: str) -> set[int]:
+        return {int(update[-1]) for _, updates in self._held.get(sink, []) for update in updates}
+
+    async def flush_held(self, sink: str) -> bool:
+        """Commit the held rounds of ``sink``, oldest first; False if the database still refuses."""
+        async with self._flushing.setdefault(sink, asyncio.Lock()):
+            rounds = list(self._held.get(sink, []))
+            if not rounds:
+                return True
+            try:
+                async with self._transaction() as conn:
+                    for rows, updates in rounds:
+                        await conn.executemany(_INSERT_DELIVERY, rows)
+                        await conn.executemany(
+                            "UPDATE delivery_state SET state = ?, attempts = ?, next_attempt_at = ?, reason = ?,"
+                            " updated_at = ? WHERE sink = ? AND notification_id = ?",
+                            updates,
+                        )
+            except StoreError as exc:
+                self._refused.add(sink)
+                log.bind(sink=sink).error(
+                    "{}: holding the deliveries sent in memory (none is sent twice); they are recorded as soon"
+                    " as the database takes writes again",
+                    exc,
+                )
+                return False
+            # Rounds held while this one committed stay for the next flush.
+            self._held[sink] = self._held[sink][len(rounds) :]
+            if sink in self._refused:
+                self._refused.discard(sink)
+                log.bind(sink=sink).info("recorded {} held delivery attempt(s)", sum(len(r) for r, _ in rounds))
+            return True
 
     async def observe(self, observations: Iterable[Observation]) -> int:
         """Raise or resolve the sidecar's own alerts (agent down, sink failing); notifications made."""
