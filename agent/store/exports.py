@@ -4,8 +4,10 @@ The job row is the one thing an export writes: the exporting process is a separa
 ``xmppmon export`` command, so it uses a second writer connection with ``busy_timeout`` for those
 few single-statement updates. The agent's writer commits in milliseconds, so the two only ever
 wait for each other briefly; the agent never touches the table. The data is read through a
-read-only connection inside one read transaction (WAL gives it a consistent snapshot and never
-blocks the writer), in chunks, so memory stays constant whatever the size.
+read-only connection in chunks of ``CHUNK`` rows in key order, each chunk its own short read
+transaction (keyset paging), so memory stays constant whatever the size and a long export never
+pins the WAL. Each row is exported at most once; a row committed behind the export's position
+while it runs is not in it (as with a snapshot taken at the start), one committed ahead of it is.
 """
 
 from __future__ import annotations
@@ -187,17 +189,40 @@ def _query(job: Job) -> tuple[str, tuple[Any, ...], tuple[str, ...], frozenset[s
             (job.from_ts, job.to_ts, job.data), _EVENT_COLUMNS, frozenset({"payload"}))  # fmt: skip
 
 
-def _rows(
-    conn: sqlite3.Connection, job: Job
-) -> tuple[tuple[str, ...], frozenset[str], Iterator[list[tuple[Any, ...]]]]:
-    tail, params, columns, json_columns = _query(job)
-    cursor = conn.execute(f"SELECT {', '.join(columns)} {tail}", params)
+def _chunks(conn: sqlite3.Connection, job: Job, columns: tuple[str, ...]) -> Iterator[list[tuple[Any, ...]]]:
+    """The job's rows in key order, ``CHUNK`` at a time, each chunk read in its own short transaction.
 
-    def chunks() -> Iterator[list[tuple[Any, ...]]]:
-        while rows := cursor.fetchmany(CHUNK):
-            yield rows
-
-    return columns, json_columns, chunks()
+    The next chunk starts after the last key read (keyset paging on the table's unique key), so
+    each row comes at most once, and a long export never holds one read transaction open (which
+    would keep the WAL from being checkpointed and let it grow for as long as the export runs).
+    """
+    params: tuple[Any, ...] = ()
+    if job.type == "snapshot":
+        table, _, _, order = SNAPSHOTS[job.data]
+        keys = tuple(k.strip() for k in order.split(","))
+        where, lower = "", None
+    else:
+        table, keys = ("api_calls" if job.data == "api" else "events"), ("ts", "event_id")
+        where = "ts >= ? AND ts < ?" + ("" if job.data == "api" else " AND kind = ?")
+        params, lower = (job.from_ts, job.to_ts) + (() if job.data == "api" else (job.data,)), job.from_ts
+    select = f"SELECT {', '.join(columns)} FROM {table}"
+    order = f" ORDER BY {', '.join(keys)} LIMIT {CHUNK}"
+    positions = [columns.index(k) for k in keys]
+    after: tuple[Any, ...] | None = None
+    while True:
+        if after is None:
+            rows = conn.execute(select + (f" WHERE {where}" if where else "") + order, params).fetchall()
+        else:
+            # History: the range starts at the last ts read, so the index search skips what was read.
+            bound = (after[0], *params[1:]) if lower is not None else params
+            after_keys = f"({', '.join(keys)}) > ({', '.join('?' * len(keys))})"
+            rows = conn.execute(
+                select + f" WHERE {where + ' AND ' if where else ''}{after_keys}" + order, (*bound, *after)
+            ).fetchall()
+        if not rows:
+            return
+        yield rows
+        after = tuple(rows[-1][i] for i in positions)
 
 
 def count_rows(db: Path, job: Job) -> int:
@@ -211,12 +236,11 @@ def count_rows(db: Path, job: Job) -> int:
 
 @contextmanager
 def snapshot(db: Path, job: Job) -> Iterator[tuple[tuple[str, ...], frozenset[str], Iterator[list[tuple[Any, ...]]]]]:
-    """The job's columns, its JSON columns, and its rows in chunks, from one consistent read transaction."""
+    """The job's columns, its JSON columns, and its rows in chunks, each chunk from its own short read."""
+    _, _, columns, json_columns = _query(job)
     conn = connect_readonly(db)
     conn.row_factory = None  # tuples: no per-row Row objects on a million rows
     try:
-        conn.execute("BEGIN")  # one read transaction: a consistent snapshot of the data
-        yield _rows(conn, job)
-        conn.rollback()
+        yield columns, json_columns, _chunks(conn, job, columns)
     finally:
         conn.close()
