@@ -3,7 +3,7 @@
 ``run``     run (the agent), sidecar (the relay)
 ``inspect`` status, query, tail, alerts (read-only)
 ``export``  export jobs
-``db``      doctor
+``db``      doctor; db stats, backup, vacuum
 ``lab``     emulate, demo (test and demo tooling)
 """
 
