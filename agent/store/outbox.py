@@ -148,16 +148,23 @@ class Outbox:
 
     async def due(self, sink: str, limit: int = 1000, now: float | None = None) -> list[Item]:
         """Pending notifications of ``sink`` whose next attempt has come, oldest first."""
+        when = iso(time.time() if now is None else now)
         async with self._lock:
             rows = await self._conn.execute_fetchall(
                 "SELECT n.id, n.key, n.transition, n.alert, n.created_at, d.attempts"
                 " FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
                 " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
                 " ORDER BY n.id LIMIT ?",
-                (sink, iso(time.time() if now is None else now), limit),
+                (sink, when, limit),
             )
-        held = self._held_ids(sink)  # sent, not yet recorded: never sent twice
-        return [Item(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5]) for r in rows if r[0] not in held]
+        # Sent but not yet recorded: what the held round decided stands (delivered is never sent twice).
+        held = self._held_states(sink)
+        items = []
+        for r in rows:
+            state, attempts, next_at = held.get(r[0], ("pending", r[5], ""))
+            if state == "pending" and next_at <= when:
+                items.append(Item(r[0], r[1], r[2], orjson.loads(r[3]), r[4], attempts))
+        return items
 
     async def record(self, sink: str, attempts: list[Attempt], park_until: float) -> None:
         """Write the attempts of one round and each notification's new state, atomically.
@@ -189,8 +196,9 @@ class Outbox:
         rounds = [r for name, v in self._held.items() if sink in (None, name) for r in v]
         return sum(len(rows) for rows, _ in rounds)
 
-    def _held_ids(self, sink: str) -> set[int]:
-        return {int(update[-1]) for _, updates in self._held.get(sink, []) for update in updates}
+    def _held_states(self, sink: str) -> dict[int, tuple[str, int, str]]:
+        """Each held notification's latest (state, attempts, next_attempt_at): what the database will say."""
+        return {int(u[-1]): (u[0], u[1], u[2]) for _, updates in self._held.get(sink, []) for u in updates}
 
     async def flush_held(self, sink: str) -> bool:
         """Commit the held rounds of ``sink``, oldest first; False if the database still refuses."""
