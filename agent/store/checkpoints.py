@@ -8,9 +8,9 @@ so the stream's next commit would wait behind it (and a prune pass writes many p
 Here :class:`Checkpointer` copies the bulk with ``wal_checkpoint(PASSIVE)`` in its own
 connection's thread while the writer goes on committing. The WAL can only start over when a
 writer begins with every frame copied, which a concurrent checkpoint never sees under a steady
-stream; so once the WAL holds ``RESET_FRAMES`` frames and a background run has copied them all,
-the writer runs a PASSIVE checkpoint itself (:meth:`Checkpointer.reset_wanted`): it copies only
-what was committed since, and its next transaction starts the WAL over. The writer's automatic
+stream; so once a background run finds ``RESET_FRAMES`` frames or more, the writer runs a PASSIVE
+checkpoint itself (:meth:`Checkpointer.reset_wanted`): it copies only what that run left (what
+was committed while it ran), and its next transaction starts the WAL over. The writer's automatic
 checkpoint stays as a backstop at ``BACKSTOP_PAGES``. At quiet moments a WAL file grown past
 ``WAL_LIMIT_BYTES`` is checkpointed with ``RESTART`` (waiting briefly for readers), after which
 ``journal_size_limit`` truncates it.
@@ -84,14 +84,15 @@ class Checkpointer:
             if self._conn is None:
                 self._conn = await aiosqlite.connect(self.path, isolation_level=None)
                 await self._conn.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
-            busy, frames, copied = await checkpoint(self._conn, restart=restart)
-            self._reset = not restart and not busy and frames >= RESET_FRAMES and copied >= frames
+            busy, frames, _ = await checkpoint(self._conn, restart=restart)
+            # The writer copies what this run could not (what came during it) and starts the WAL over.
+            self._reset = not restart and not busy and frames >= RESET_FRAMES
             self.runs += 1
         except (sqlite3.Error, OSError) as exc:
             log.warning("WAL checkpoint failed ({}); the writer's own checkpoint covers meanwhile", exc)
 
     def reset_wanted(self) -> bool:
-        """True once after a run copied a WAL of ``RESET_FRAMES`` or more: the writer should checkpoint now."""
+        """True once after a run found a WAL of ``RESET_FRAMES`` or more: the writer should checkpoint now."""
         wanted, self._reset = self._reset and not self.running, False
         return wanted
 

@@ -38,7 +38,7 @@ DAY = 86_400.0
 DISK_EVERY = 1.0  # seconds between free-space checks
 CHECKPOINT_EVERY = 1.0  # seconds between background checkpoint runs
 PASS_CHECKPOINT_EVERY = 0.25  # ... while a pass writes many pages
-PASS_DUTY = 0.25  # share of the writer's time a pass may take: it never hogs the disk
+PASS_DUTY = 0.25  # share of the writer's time a pass may take, unless it falls behind
 FIRST_PASS_AFTER = 10.0  # seconds after start-up (or the interval, if shorter)
 LOG_EVERY = 60.0  # at most one line a minute about expired arrivals
 
@@ -134,6 +134,11 @@ class Upkeep:
 
     # -- between commits ------------------------------------------------------------------------
 
+    @property
+    def pruning(self) -> bool:
+        """A pass is under way."""
+        return self._pass is not None
+
     def due_in(self) -> float:
         """Seconds until :meth:`step` has something to do (0 while a pass is under way)."""
         soonest = min(self._next_pass, self._next_disk, self._next_checkpoint)
@@ -168,7 +173,9 @@ class Upkeep:
             if self._pass is not None and now >= self._next_step and not self.checkpointer.running:
                 await self._pass.step(conn)
                 took = time.monotonic() - now
-                self._next_step = time.monotonic() + took * (1 / PASS_DUTY - 1)
+                # A pass still running when the next is due is falling behind the stream: no pause.
+                behind = self.retention is not None and now - self._pass.started > self.retention.interval
+                self._next_step = time.monotonic() + (0.0 if behind else took * (1 / PASS_DUTY - 1))
                 if self._pass.finished:
                     self._end()
                 return True
