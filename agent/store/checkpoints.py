@@ -59,6 +59,7 @@ class Checkpointer:
         self.wal_peak = 0
         self.runs = 0
         self._reset = False
+        self._seen: tuple[int, int] | None = None
 
     def wal_size(self) -> int:
         try:
@@ -73,9 +74,19 @@ class Checkpointer:
         return self._task is not None and not self._task.done()
 
     def start(self, quiet: bool = False) -> None:
-        """Start a run in the background unless one is under way; ``quiet``: the writer is idle."""
+        """Start a run in the background unless one is under way or nothing was written since the last one.
+
+        ``quiet``: the writer is idle.
+        """
         if self._closed or self.running:
             return
+        try:
+            st = os.stat(f"{self.path}-wal")
+        except OSError:
+            return
+        if (st.st_mtime_ns, st.st_size) == self._seen:
+            return  # an idle agent costs no checkpoint
+        self._seen = (st.st_mtime_ns, st.st_size)
         restart = quiet and self.wal_size() > WAL_LIMIT_BYTES
         self._task = asyncio.create_task(self._run(restart), name="xmppmon-checkpoint")
 

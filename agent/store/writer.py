@@ -206,7 +206,7 @@ class Store:
             delay = 0.0
             if self._closing and not self._has_work():
                 return
-            if await self.upkeep.step(self._conn, busy=self._backlog.records > 0) and self.pending:
+            if not self._closing and await self.upkeep.step(self._conn, self.pending > 0) and self.pending:
                 self._full.set()  # what arrived during a prune step has waited: commit it now
 
     def _has_work(self) -> bool:
