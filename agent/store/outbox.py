@@ -99,7 +99,10 @@ class Outbox:
         return cls(await open_writer(path, busy_timeout_ms), alerts)
 
     async def close(self) -> None:
+        """Record what is still held if the database takes it now (else it is sent again next start)."""
         if not self._closed:
+            for sink in list(self._held):
+                await self.flush_held(sink)
             self._closed = True
             await self._conn.close()
 
