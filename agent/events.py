@@ -18,6 +18,7 @@ import orjson
 HISTORY_KINDS: Final = frozenset({"activity", "event", "job", "error", "crash"})
 STATE_KINDS: Final = frozenset({"device", "tag", "token", "push"})
 KINDS: Final = HISTORY_KINDS | STATE_KINDS | {"api"}
+#: The push actions the contract names. Another action is schema drift: stored as received, counted.
 PUSH_ACTIONS: Final = frozenset({"received", "displayed", "actioned", "exited"})
 
 MAX_ID = 128
@@ -40,7 +41,11 @@ class InvalidEvent(ValueError):
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x on this hot path
 class Event:
-    """One valid event: attributes, normalised timestamp, decoded payload and its original text."""
+    """One valid event: attributes, normalised timestamp, decoded payload and its original text.
+
+    ``drift`` lists the (``kind.field``, value) pairs outside the contract's known sets: the event
+    is stored as received all the same, and the store counts and records each drifting value.
+    """
 
     event_id: str
     kind: str
@@ -48,6 +53,7 @@ class Event:
     ts: str
     payload: dict[str, Any]
     text: str
+    drift: list[tuple[str, str]] | None = None
 
 
 @functools.lru_cache(maxsize=8192)
@@ -148,12 +154,12 @@ def parse_event(attrs: dict[str, str], text: str | None, max_payload_bytes: int)
         device = payload.get("device_id")
         if type(device) is not str or not device or len(device) > MAX_FIELD:
             _string(payload, "device_id", kind)  # raises with the precise reason
-    else:
-        _check_kind(kind, payload)
-    return Event(event_id, kind, app, ts, payload, text)
+        return Event(event_id, kind, app, ts, payload, text)
+    return Event(event_id, kind, app, ts, payload, text, _check_kind(kind, payload))
 
 
-def _check_kind(kind: str, payload: dict[str, Any]) -> None:
+def _check_kind(kind: str, payload: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """Raise InvalidEvent when the event cannot be keyed or stored; return its drift, if any."""
     if kind == "api":
         _string(payload, "api", kind)
         status = payload.get("status")
@@ -166,20 +172,53 @@ def _check_kind(kind: str, payload: dict[str, Any]) -> None:
             value = payload.get(name)
             if value is not None and not isinstance(value, str):
                 raise InvalidEvent(f"api payload field {name} must be a string")
-        return
+        return None
     _string(payload, "device_id", kind)
     if kind == "tag":
-        _string(payload, "name", kind)
-        if isinstance(payload.get("value"), dict | list):
-            raise InvalidEvent("tag payload field value must be a JSON scalar")
-    elif kind == "token":
+        return _check_tag(payload)
+    if kind == "token":
         _string(payload, "token", kind)
         if type(payload.get("valid")) is not bool:
             raise InvalidEvent("token payload needs a boolean valid")
     elif kind == "push":
         _string(payload, "campaign_id", kind)
-        if payload.get("action") not in PUSH_ACTIONS:
-            raise InvalidEvent(f"push payload action must be one of {sorted(PUSH_ACTIONS)}")
+        action = _string(payload, "action", kind)
+        if action not in PUSH_ACTIONS:
+            return [("push.action", action)]
+    return None
+
+
+def _check_tag(payload: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """A tag event names one tag (``name``, ``value``) or carries a ``tags`` map, or both.
+
+    A value that is an object or a list is drift: the contract says scalar, but it is stored as
+    its JSON text, like any other value.
+    """
+    name, tags = payload.get("name"), payload.get("tags")
+    if name is None and tags is None:
+        raise InvalidEvent("tag payload needs a non-empty string name or a tags object")
+    values = []
+    if name is not None:
+        _string(payload, "name", "tag")
+        values.append(payload.get("value"))
+    if tags is not None:
+        if type(tags) is not dict or not tags:
+            raise InvalidEvent("tag payload field tags must be a non-empty object of name: value")
+        for key in tags:
+            if not key or len(key) > MAX_FIELD:
+                raise InvalidEvent(f"tag payload tags names must be 1 to {MAX_FIELD} characters")
+        values.extend(tags.values())
+    shapes = sorted({"object" if type(v) is dict else "array" for v in values if isinstance(v, dict | list)})
+    return [("tag.value", shape) for shape in shapes] or None
+
+
+def tag_values(payload: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The (name, value) pairs of a valid tag event: its ``name`` and each entry of its ``tags``."""
+    pairs = [(payload["name"], payload.get("value"))] if payload.get("name") is not None else []
+    tags = payload.get("tags")
+    if tags:
+        pairs.extend(tags.items())
+    return pairs
 
 
 def dumps_value(value: Any) -> str | None:

@@ -11,6 +11,7 @@
     │   └── NegotiationTimeout   the server accepted TCP but never finished the stream negotiation
     ├── PluginError              a plugin failed to load
     ├── ExportError              an export could not be created or did not complete
+    ├── ForwardError             the NATS cluster cannot take the forwarded records (records wait)
     └── LabError                 test and demo tooling (``agent.lab``): a private server failed
 
 Lower-level errors (sqlite3, slixmpp's IqError/IqTimeout, OSError) are translated into these
@@ -52,6 +53,18 @@ class PluginError(XmppmonError):
 
 class ExportError(XmppmonError):
     """An export could not be created or did not complete."""
+
+
+class ForwardError(XmppmonError):
+    """The NATS JetStream cluster cannot take the forwarded records now; they wait in SQLite.
+
+    ``refused``: the cluster answered no (credentials, TLS trust, a conflicting stream), which an
+    operator must fix; otherwise it could not be reached and retrying may be enough.
+    """
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class LabError(XmppmonError):

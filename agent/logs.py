@@ -25,6 +25,7 @@ import orjson
 from loguru import logger
 
 from agent.config import LogSettings
+from agent.journal import JournalWriter
 
 _FORMAT = "{level: <7} {extra[component]}: {message}{extra[_fields]}"
 _FORMAT_WITH_TIME = "{time:YYYY-MM-DD HH:mm:ss.SSS} " + _FORMAT
@@ -123,10 +124,14 @@ def setup_logging(
     out = stream or sys.stderr
     timed = out.isatty() if hasattr(out, "isatty") else False
     redact = Redactor(secrets)
+    journal = JournalWriter.for_stream(out)  # under systemd: priorities and fields (agent/journal.py)
 
     def sink(message: Any) -> None:
-        text = json_line(message.record) if settings.json_lines else str(message)
-        out.write(redact(text))
+        text = redact(json_line(message.record) if settings.json_lines else str(message))
+        if journal is not None:
+            journal.write(message.record, text, redact)
+            return
+        out.write(text)
         out.flush()
 
     logger.add(

@@ -5,8 +5,9 @@ A plugin is a slixmpp ``BasePlugin`` (see ``plugins/monitor_events``). Its confi
 ``monitor_jid``, ``namespace`` and ``max_payload_bytes``. It never writes SQL.
 
 The session knows plugins only through :class:`Recovering`: a plugin that implements it reports
-how many events each delivery path recovered (``resume``, ``offline``, ``mam``) and the newest
-archive (XEP-0313) id whose events it handed to the store, and the session's catch-up uses them.
+how many events each delivery path recovered (``resume``, ``offline``, ``mam``), and stores the
+archive (XEP-0313) position of what it handed to the store as the session allows it
+(``track_live``; see ``agent.session.catchup``).
 """
 
 from __future__ import annotations
@@ -16,10 +17,20 @@ from typing import Any, Protocol, runtime_checkable
 
 from slixmpp import BaseXMPP
 
-from agent.events import Event, InvalidEvent, parse_event, utc_now
+from agent.events import Event, InvalidEvent, normalise_ts, parse_event, utc_now
 from agent.store import Quarantined, Store
 
-__all__ = ["Event", "InvalidEvent", "Quarantined", "Recovering", "Store", "parse_event", "recovering", "utc_now"]
+__all__ = [
+    "Event",
+    "InvalidEvent",
+    "Quarantined",
+    "Recovering",
+    "Store",
+    "normalise_ts",
+    "parse_event",
+    "recovering",
+    "utc_now",
+]
 
 
 @runtime_checkable
@@ -28,8 +39,12 @@ class Recovering(Protocol):
 
     #: Events handed to the store per delivery path since the session last cleared it.
     recovered: Counter[str]
-    #: The newest archive id seen in this process whose events were handed to the store.
-    last_archive_id: str | None
+    #: Set by the session: True while the live stream continues the archive without a gap, so a live
+    #: message's archive id may advance the stored position; archived replays always advance it.
+    track_live: bool
+    #: Set by the session: True on a resumed stream (delayed stanzas are the server's replay), False
+    #: on a new session (delayed stanzas come from offline storage).
+    resumed_stream: bool
 
 
 def recovering(xmpp: BaseXMPP) -> list[Recovering]:

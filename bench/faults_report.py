@@ -1,6 +1,6 @@
 """Run the fault tests and print the table for docs/reliability.md.
 
-Usage: .venv/bin/python bench/faults_report.py   (about two minutes; needs root for the tmpfs)
+Usage: .venv/bin/python bench/faults_report.py   (about six minutes, both servers; needs root for the tmpfs)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "faults.jsonl"
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_faults.py"],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/session/test_faults.py"],
             cwd=ROOT, env=os.environ | {"XMPPMON_FAULT_REPORT": str(report)},
         )  # fmt: skip
         rows = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []

@@ -10,7 +10,12 @@ them, and times until every event is committed. Next to it, in the same run:
 * a naive script (slixmpp + sqlite3, one INSERT and COMMIT per event, as a user would write
   from the Monitor API docs) fed the same bytes.
 
-Usage: .venv/bin/python bench/pipeline.py [--events N] [--profile]
+With ``--metrics`` it measures the cost of the Prometheus metrics instead: the same agent runs with
+and without them (``AgentMetrics`` on the store's commit hook and the session's hooks, its listener
+scraped every second, as ``xmppmon run`` does with ``XMPPMON_METRICS__LISTEN``), in alternating
+rounds, and prints the median rate of each and their ratio.
+
+Usage: .venv/bin/python bench/pipeline.py [--events N] [--profile] [--metrics [--rounds N]]
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import argparse
 import asyncio
 import json
 import sqlite3
+import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +41,11 @@ from slixmpp.xmlstream.matcher import MatchXPath  # noqa: E402
 
 from agent.config import load_settings  # noqa: E402
 from agent.events import parse_event  # noqa: E402
+from agent.health import Health  # noqa: E402
 from agent.lab.emulator import EmulatorOptions  # noqa: E402
 from agent.lab.emulator.wire import EventFactory, message_xml, utc_ts  # noqa: E402
+from agent.lab.net import free_loopback_port  # noqa: E402
+from agent.metrics.agent import agent_metrics  # noqa: E402
 from agent.session import MonitorSession  # noqa: E402
 from agent.store import Store  # noqa: E402
 
@@ -72,20 +83,35 @@ async def feed(client: ClientXMPP, chunks: list[bytes]) -> None:
         await asyncio.sleep(0)  # the writer task runs between socket reads, as in production
 
 
-async def agent_rate(db: Path, chunks: list[bytes], total: int) -> float:
-    settings = load_settings(None, store={"path": str(db)})
+def scraper(port: int, stop: threading.Event) -> None:
+    """Prometheus' part: fetch /metrics every second until ``stop``."""
+    while not stop.wait(1.0):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            answer.read()
+
+
+async def agent_rate(db: Path, chunks: list[bytes], total: int, metrics: bool = False) -> tuple[float, float]:
+    """Events per second of wall time and per second of this process's CPU time (all its threads)."""
+    port = free_loopback_port()
+    settings = load_settings(None, store={"path": str(db)}, metrics={"listen": f"127.0.0.1:{port}" if metrics else ""})
     store = await Store.open(settings.store)
     session = MonitorSession(settings, store)
-    started = time.perf_counter()
-    await feed(session.client, chunks)
-    await store.barrier()
-    elapsed = time.perf_counter() - started
+    health = Health(store, session)  # as xmppmon run: the watchdog's health object is always there
+    stop = threading.Event()
+    with agent_metrics(settings, store, session, health):
+        if metrics:
+            threading.Thread(target=scraper, args=(port, stop), daemon=True).start()
+        started, cpu = time.perf_counter(), time.process_time()
+        await feed(session.client, chunks)
+        await store.barrier()
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        stop.set()
     await store.close()
     conn = sqlite3.connect(db)
     stored = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     conn.close()
     assert stored == total, (stored, total)
-    return total / elapsed
+    return total / elapsed, total / cpu
 
 
 async def sqlite_ceiling(db: Path, total: int) -> float:
@@ -141,7 +167,12 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--naive-events", type=int, default=5_000, help="the naive script is slow")
     parser.add_argument("--profile", action="store_true", help="print a pyinstrument profile of batch 50")
+    parser.add_argument("--metrics", action="store_true", help="compare the agent with and without its metrics")
+    parser.add_argument("--rounds", type=int, default=5, help="--metrics: alternating rounds of each")
     args = parser.parse_args()
+    if args.metrics:
+        await metrics_cost(args.events, args.rounds)
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="xmppmon-pipeline-") as tmp:
         tmpdir = Path(tmp)
@@ -153,7 +184,7 @@ async def main() -> None:
 
                 profiler = Profiler(async_mode="enabled")
                 profiler.start()
-            rate = await agent_rate(tmpdir / f"agent{batch}.db", chunks, total)
+            rate, _ = await agent_rate(tmpdir / f"agent{batch}.db", chunks, total)
             if args.profile and batch == 50:
                 profiler.stop()
                 print(profiler.output_text(unicode=False, color=False, show_all=False))
@@ -167,6 +198,32 @@ async def main() -> None:
     print(
         f"{'naive script, 50 events/stanza':<34} {args.naive_events:>8} {naive:>10,.0f} {naive / ceiling:>18.2f} {1:>9.1f}"
     )
+
+
+async def metrics_cost(events: int, rounds: int) -> None:
+    """Alternate rounds without and with metrics; a shared, noisy machine drifts between rounds.
+
+    Wall-clock rates on a shared machine move with the other processes' load; events per CPU
+    second (the process's own threads) is the steadier figure for what the metrics cost.
+    """
+    results: dict[tuple[int, bool], list[tuple[float, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="xmppmon-pipeline-") as tmp:
+        for batch in (1, 50):
+            chunks, total = make_stream(events, batch)
+            for n in range(rounds):
+                for metrics in (False, True) if n % 2 == 0 else (True, False):
+                    db = Path(tmp) / f"m{batch}-{n}-{metrics}.db"
+                    results.setdefault((batch, metrics), []).append(await agent_rate(db, chunks, total, metrics))
+    print(f"\n{'events/stanza':>13} {'figure':>16} {'without':>10} {'with':>10} {'with ÷ without':>15}")
+    for batch in (1, 50):
+        for i, figure in enumerate(("events/s", "events/CPU-s")):
+            off = statistics.median(r[i] for r in results[(batch, False)])
+            on = statistics.median(r[i] for r in results[(batch, True)])
+            print(f"{batch:>13} {figure:>16} {off:>10,.0f} {on:>10,.0f} {on / off:>15.3f}")
+    print(f"(medians of {rounds} alternating rounds each, one run; every round, events/s and events/CPU-s:)")
+    for (batch, metrics), rates in sorted(results.items()):
+        shown = ", ".join(f"{w:,.0f}/{c:,.0f}" for w, c in rates)
+        print(f"  batch {batch:>2} {'with' if metrics else 'without':>7}: {shown}")
 
 
 if __name__ == "__main__":

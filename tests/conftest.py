@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Prosody on loopback, agent accounts, settings, an in-process emulator."""
+"""Shared fixtures: real Prosody and ejabberd servers on loopback, agent accounts, settings, an in-process emulator."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ from typing import Any
 
 import pytest
 from loguru import logger
+from slixmpp import ClientXMPP
+from slixmpp.xmlstream import ET
 
 from agent.config import Settings, load_settings
 from agent.lab import emulator
+from agent.lab.ejabberd import EjabberdServer, ejabberd_available
+from agent.lab.nats import nats_available
 from agent.lab.prosody import ProsodyServer, prosody_available
+from agent.lab.servers import SERVER_KINDS, XmppServer, make_server
 from agent.store import connect_readonly
 
 _accounts = itertools.count(1)
@@ -26,6 +31,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if any(item.get_closest_marker("prosody") for item in items) and not prosody_available():
         raise pytest.UsageError(
             "Debian's prosody is not installed: run the README's test command (make test), which installs it"
+        )
+    if any(item.get_closest_marker("nats") for item in items) and not nats_available():
+        raise pytest.UsageError(
+            "Debian's nats-server is not installed: run the README's test command (make test), which installs it"
+        )
+    if any(item.get_closest_marker("ejabberd") for item in items) and not ejabberd_available():
+        raise pytest.UsageError(
+            "Debian's ejabberd (with erlang-p1-sqlite3) is not installed: run make test, which installs it"
         )
 
 
@@ -51,14 +64,72 @@ def private_prosody(tmp_path: Path) -> Iterator[ProsodyServer]:
         server.stop()
 
 
-def new_account(server: ProsodyServer) -> tuple[str, str]:
+@pytest.fixture(scope="session")
+def ejabberd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EjabberdServer]:
+    """One private ejabberd (SQLite storage) for the whole run, on free loopback ports."""
+    server = EjabberdServer(tmp_path_factory.mktemp("ejabberd"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_ejabberd(tmp_path: Path) -> Iterator[EjabberdServer]:
+    """An ejabberd of this test's own, for tests that freeze, kill or restart it."""
+    server = EjabberdServer(tmp_path / "ejabberd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+#: One parameter per server, marked so that a missing server fails the run (see above).
+SERVER_PARAMS = [pytest.param(kind, marks=getattr(pytest.mark, kind), id=kind) for kind in SERVER_KINDS]
+
+
+@pytest.fixture(scope="session", params=SERVER_PARAMS)
+def xmpp_server(request: pytest.FixtureRequest) -> XmppServer:
+    """The run's shared Prosody, then its shared ejabberd: a test using this runs against each."""
+    server: XmppServer = request.getfixturevalue(request.param)
+    return server
+
+
+@pytest.fixture(params=SERVER_PARAMS)
+def xmpp_server_kind(request: pytest.FixtureRequest) -> str:
+    """The server kinds in turn (prosody, then ejabberd): for tests that build their own server with knobs (``make_server``)."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def private_xmpp_server(xmpp_server_kind: str, request: pytest.FixtureRequest) -> XmppServer:
+    """A server of this test's own (freeze, kill, restart), once a Prosody and once an ejabberd."""
+    server: XmppServer = request.getfixturevalue(f"private_{xmpp_server_kind}")
+    return server
+
+
+@contextlib.contextmanager
+def own_server(kind: str, workdir: Path, **knobs: Any) -> Iterator[XmppServer]:
+    """A started server of *kind* with its own knobs (e.g. ``hibernation_time=2``), stopped afterwards."""
+    server = make_server(kind, workdir, **knobs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def new_account(server: XmppServer) -> tuple[str, str]:
     """Register a fresh account, so tests never share offline queues or sessions."""
     n = next(_accounts)
     password = f"pw-{n}-secret"
     return server.register(f"agent{n}", password), password
 
 
-def make_settings(server: ProsodyServer, db: Path, account: tuple[str, str], **sections: Any) -> Settings:
+def make_settings(server: XmppServer, db: Path, account: tuple[str, str], **sections: Any) -> Settings:
     """Agent settings pointing at ``server`` with quick timeouts, overridable per section."""
     base: dict[str, dict[str, Any]] = {
         "xmpp": {
@@ -79,7 +150,7 @@ def make_settings(server: ProsodyServer, db: Path, account: tuple[str, str], **s
     return load_settings(None, **base)
 
 
-def emulator_options(server: ProsodyServer, **options: Any) -> emulator.EmulatorOptions:
+def emulator_options(server: XmppServer, **options: Any) -> emulator.EmulatorOptions:
     return emulator.EmulatorOptions(
         secret=server.component_secret,
         jid=server.component,
@@ -115,6 +186,35 @@ async def wait_until(predicate: Callable[[], Any], timeout: float = 15.0, what: 
         await asyncio.sleep(0.05)
 
 
+async def archived(server: XmppServer, account: tuple[str, str]) -> int:
+    """How many messages from the Monitor component the server has archived for *account* (XEP-0313).
+
+    Asked through a second resource that sends no presence, so nothing is routed to it. Both servers
+    answer an RSM ``<max>0</max>`` query with the count alone.
+    """
+    mam, rsm, data = "urn:xmpp:mam:2", "http://jabber.org/protocol/rsm", "jabber:x:data"
+    client = ClientXMPP(f"{account[0]}/archive-probe", account[1])
+    client.ca_certs = server.ca_file
+    client.enable_direct_tls, client.enable_plaintext = False, False
+    client.connect("127.0.0.1", server.c2s_port)
+    try:
+        await client.wait_until("session_start", 15)
+        query = ET.Element(f"{{{mam}}}query")
+        form = ET.SubElement(query, f"{{{data}}}x", {"type": "submit"})
+        for var, value in (("FORM_TYPE", mam), ("with", server.component)):
+            ET.SubElement(ET.SubElement(form, f"{{{data}}}field", {"var": var}), f"{{{data}}}value").text = value
+        ET.SubElement(ET.SubElement(query, f"{{{rsm}}}set"), f"{{{rsm}}}max").text = "0"
+        iq = client.Iq()
+        iq["type"] = "set"
+        iq.append(query)
+        answer = await iq.send(timeout=15)
+    finally:
+        await client.disconnect(wait=2.0)
+    count = answer.xml.find(f"{{{mam}}}fin/{{{rsm}}}set/{{{rsm}}}count")
+    assert count is not None and count.text is not None, f"no archive count in {answer}"
+    return int(count.text)
+
+
 def db_value(db: Path, sql: str, *params: Any) -> Any:
     """One value from the database through a read-only connection (None if not there yet)."""
     if not db.exists():
@@ -144,7 +244,7 @@ def captured_logs() -> Iterator[list[str]]:
         logger.remove(sink)
 
 
-def agent_env(server: ProsodyServer, db: Path, account: tuple[str, str], **extra: str) -> dict[str, str]:
+def agent_env(server: XmppServer, db: Path, account: tuple[str, str], **extra: str) -> dict[str, str]:
     """Environment for a real ``xmppmon run`` process against ``server``."""
     import os
 

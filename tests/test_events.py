@@ -61,15 +61,50 @@ def test_valid_events_of_every_kind(kind: str, payload: dict[str, object]) -> No
         ({"kind": "api"}, '{"api": "reach", "status": "500"}', "integer HTTP status"),
         ({"kind": "api"}, '{"api": "reach", "status": 99}', "integer HTTP status"),
         ({"kind": "api"}, '{"api": "reach", "status": true}', "integer HTTP status"),
-        ({"kind": "tag"}, '{"device_id": "d", "name": "n", "value": [1]}', "JSON scalar"),
+        ({"kind": "tag"}, '{"device_id": "d", "value": 1}', "name or a tags object"),
+        ({"kind": "tag"}, '{"device_id": "d", "tags": ["plan"]}', "tags must be a non-empty object"),
+        ({"kind": "tag"}, '{"device_id": "d", "tags": {}}', "tags must be a non-empty object"),
+        ({"kind": "tag"}, '{"device_id": "d", "tags": {"": 1}}', "tags names must be"),
+        ({"kind": "tag"}, '{"tags": {"plan": "gold"}}', "non-empty string device_id"),
         ({"kind": "token"}, '{"device_id": "d", "token": "t", "valid": "yes"}', "boolean valid"),
-        ({"kind": "push"}, '{"device_id": "d", "campaign_id": "c", "action": "x"}', "action must be"),
+        ({"kind": "push"}, '{"device_id": "d", "campaign_id": "c"}', "non-empty string action"),
+        ({"kind": "push"}, '{"device_id": "d", "campaign_id": "c", "action": 3}', "non-empty string action"),
     ],
 )
 def test_contract_violations_have_a_reason(over: dict[str, str], text: str, reason: str) -> None:
     """Each way of breaking the contract raises InvalidEvent with a reason that says which."""
     with pytest.raises(InvalidEvent, match=reason):
         parse_event(attrs(**over), text, LIMIT)
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "drift"),
+    [
+        ("push", {"device_id": "d", "campaign_id": "c", "action": "clicked"}, [("push.action", "clicked")]),
+        ("push", {"device_id": "d", "campaign_id": "c", "action": "exited"}, None),
+        ("tag", {"device_id": "d", "name": "n", "value": [1]}, [("tag.value", "array")]),
+        ("tag", {"device_id": "d", "tags": {"plan": "gold", "tier": "2"}}, None),
+        (
+            "tag",
+            {"device_id": "d", "tags": {"a": {"b": 1}, "c": [2]}},
+            [("tag.value", "array"), ("tag.value", "object")],
+        ),
+        ("tag", {"device_id": "d", "name": "plan", "value": "gold", "tags": {"tier": 2}}, None),
+    ],
+)
+def test_drift_is_stored_not_quarantined(kind: str, payload: dict[str, object], drift: object) -> None:
+    """A value outside a known set (a push action, a tag value's shape) is valid, with its drift listed."""
+    event = parse_event(attrs(kind=kind), orjson.dumps(payload).decode(), LIMIT)
+    assert (event.payload, event.drift) == (payload, drift)
+
+
+def test_tag_values_of_a_name_and_a_tags_map() -> None:
+    """A tag event's rows: its name, then one per entry of its tags map."""
+    from agent.events import tag_values
+
+    payload = {"device_id": "d", "name": "plan", "value": "gold", "tags": {"tier": "2", "beta": True}}
+    assert tag_values(payload) == [("plan", "gold"), ("tier", "2"), ("beta", True)]
+    assert tag_values({"device_id": "d", "tags": {"x": None}}) == [("x", None)]
 
 
 def test_payload_size_limit_counts_bytes() -> None:

@@ -126,6 +126,13 @@ CATALOGUE: Final[dict[str, Status]] = {
             "check the network path to the XMPP server",
         ),
         _S(
+            "session_conflict",
+            "another client logged in with the agent's account and resource, and the two replace each other",
+            "session",
+            "critical",
+            "run one agent per account, or give each its own XMPPMON_XMPP__RESOURCE",
+        ),
+        _S(
             "disconnected",
             "the agent has been disconnected from the XMPP server",
             "disconnected",
@@ -146,6 +153,13 @@ CATALOGUE: Final[dict[str, Status]] = {
             "warning",
             "free space, shorten XMPPMON_RETENTION__HISTORY_DAYS, or move the database; see xmppmon db stats",
         ),
+        _S(
+            "schema_drift",
+            "a Monitor API event carried a value outside the contract's known set (stored as received)",
+            "drift",
+            "warning",
+            "check the upstream's change and its consumers: SELECT * FROM schema_drift",
+        ),
         # Raised by the sidecar itself.
         _S(
             "agent_down",
@@ -162,11 +176,18 @@ CATALOGUE: Final[dict[str, Status]] = {
             "check the sink's token or URL in XMPPMON_SIDECAR__SINKS",
         ),
         _S(
-            "dead_letter",
-            "a sink rejected a notification for good",
+            "forward_lagging",
+            "records wait longer than XMPPMON_FORWARD__MAX_LAG_SECONDS to reach the NATS JetStream cluster",
             "relay",
             "warning",
-            "read the reason in the deliveries table",
+            "see forward in xmppmon status and the sidecar's log; records wait in the database, none is lost",
+        ),
+        _S(
+            "dead_letter",
+            "a sink rejected a notification for good",
+            "delivery",
+            "warning",
+            "read the reason in delivery_state and deliveries (sink = the alert's api)",
         ),
     )
 }
@@ -198,6 +219,12 @@ DEFAULT_RULES: Final[dict[str, AlertRule]] = {
     "disconnected": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
     "relay": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
     "storage": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=0),
+    # dead_letter: nothing reports "fixed", so it resolves after an hour without a new dead letter on
+    # that sink; the hold keeps a sink's recovery from sink_failing from resolving it sooner.
+    "delivery": _R(threshold=1, resolve_hold_seconds=3600, quiet_seconds=3600),
+    # One notification per new value (the store observes a value only the first time): firing for
+    # a day, then resolved, never repeated.
+    "drift": _R(threshold=1, resolve_hold_seconds=0, quiet_seconds=86400, repeat_seconds=30 * 86400),
 }
 
 

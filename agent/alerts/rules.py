@@ -103,9 +103,16 @@ class AlertRules:
     _inflight: list[Observation] = field(default_factory=list)
     _last_sweep: float = 0.0
     _out: list[Transition] = field(default_factory=list)
+    _next: AlertSettings | None = None
 
     def __post_init__(self) -> None:
         self.rules = effective_rules(self.settings)
+
+    def reconfigure(self, settings: AlertSettings) -> None:
+        """New rules (a reload), taken at the start of the next evaluation (:meth:`needs`), so that one
+        evaluation never mixes two rule sets. The cached active alerts stay: each is judged by its
+        class's new rule from then on."""
+        self._next = settings
 
     # -- what the store calls -----------------------------------------------------------------
 
@@ -131,6 +138,8 @@ class AlertRules:
     def needs(self, api_counts: Counter[tuple[str, str, int]] | None = None) -> set[Identity]:
         """Identities the next evaluation touches that are not cached: their stored state is wanted."""
         assert self._active is not None, "load() first"
+        if self._next is not None:
+            self.settings, self.rules, self._next = self._next, effective_rules(self._next), None
         wanted: set[Identity] = set()
         for (app, api, status), _n in (api_counts or {}).items():
             entry = classify(str(status))

@@ -3,8 +3,10 @@
 ``run``     run (the agent), sidecar (the relay)
 ``inspect`` status, query, tail, alerts (read-only)
 ``export``  export jobs
+``quarantine`` list, show and replay quarantined events
 ``db``      doctor; db stats, backup, vacuum
 ``lab``     emulate, demo (test and demo tooling)
+``observe`` top (a live view), browse (Datasette)
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from agent import __version__
-from agent.cli import db, export, inspect, lab, run
+from agent.cli import db, export, inspect, lab, observe, quarantine, run
 from agent.cli.common import Command
 from agent.exceptions import ConfigError, XmppmonError
 
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    for group in (run, lab, inspect, db, export):
+    for group in (run, lab, inspect, db, export, quarantine, observe):
         group.register(add)
     return parser
 

@@ -4,6 +4,8 @@
 sections; ``relay`` alert rules, the sidecar and its sinks.
 """
 
+from agent.config.azure import AzureSettings
+from agent.config.observe import HealthSettings, MetricsSettings, parse_listen
 from agent.config.relay import (
     AlertmanagerSink,
     AlertRule,
@@ -33,9 +35,12 @@ __all__ = [
     "AlertSettings",
     "AlertmanagerSink",
     "AppCredentials",
+    "AzureSettings",
     "ExportSettings",
+    "HealthSettings",
     "KeepaliveSettings",
     "LogSettings",
+    "MetricsSettings",
     "MonitorSettings",
     "PluginSettings",
     "ReconnectSettings",
@@ -48,4 +53,5 @@ __all__ = [
     "XmppSink",
     "describe_validation_error",
     "load_settings",
+    "parse_listen",
 ]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
+from agent.config.observe import check_listen
 from agent.config.sections import Section as _Section
 
 
@@ -66,14 +68,19 @@ class XmppSink(_SinkBase):
     jids: list[str] = Field(default_factory=list)
     room: str | None = None
     nick: str = "xmppmon"
-    jid: str | None = Field(default=None, description="default: XMPPMON_XMPP__JID")
-    password: SecretStr | None = Field(default=None, description="default: XMPPMON_XMPP__PASSWORD")
+    jid: str | None = Field(default=None, description="the sink's own account, never the agent's")
+    password: SecretStr | None = Field(default=None, description="the sink's own account's password")
     resource: str = "xmppmon-sidecar"
 
     @model_validator(mode="after")
     def _somewhere(self) -> XmppSink:
         if not self.jids and not self.room:
             raise ValueError("an xmpp sink needs jids or a room")
+        if not self.jid or not self.password or not self.password.get_secret_value():
+            # Logged in as the agent, its initial presence would draw the agent's offline messages.
+            raise ValueError("an xmpp sink needs an account of its own: set its jid and password")
+        if not re.fullmatch(r"[^@/\s]+@[^@/\s]+(/.*)?", self.jid):
+            raise ValueError(f"jid {self.jid!r} is not a JID of the form user@domain")
         return self
 
 
@@ -86,6 +93,12 @@ class SidecarSettings(_Section):
     sinks: list[Sink] = Field(default_factory=list)
     poll_seconds: float = Field(default=1.0, gt=0)
     agent_down_after: float = Field(default=60.0, gt=0, description="heartbeat age for 'agent down'")
+    metrics_listen: str = Field(default="", description="HOST:PORT of the sidecar's /metrics; empty: off")
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, value: str) -> str:
+        return check_listen(value)
 
     def named_sinks(self) -> list[tuple[str, WebhookSink | AlertmanagerSink | XmppSink]]:
         """Each sink with a unique name: its own, or its type numbered when repeated."""

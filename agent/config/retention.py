@@ -11,7 +11,9 @@ class RetentionSettings(Section):
     """Days each kind of row is kept; 0 keeps it forever. State tables are current values, never pruned by age."""
 
     history_days: float = Field(
-        default=30, ge=0, description="events and api_calls, by the event's ts; older arrivals are not stored"
+        default=30,
+        ge=0,
+        description="events and api_calls by ts, state_changes by received_at; older arrivals are not stored",
     )
     quarantine_days: float = Field(default=30, ge=0, description="quarantined events, by received_at")
     deliveries_days: float = Field(

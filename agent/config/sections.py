@@ -112,6 +112,17 @@ class StoreSettings(Section):
         default=60.0, gt=0,
         description="a write blocked this long counts as wedged (systemd watchdog); keep it above busy_timeout",
     )  # fmt: skip
+    max_backlog_records: int = Field(
+        default=100_000, gt=0, description="records waiting for a commit before reads from the server pause"
+    )
+    max_backlog_mb: int = Field(default=256, gt=0, description="or megabytes waiting (payloads and raw text)")
+    max_commit_records: int = Field(
+        default=10_000, gt=0, description="records per transaction: after a full disk, each freed megabyte commits"
+    )
+    identity_window: int = Field(
+        default=1_000_000, ge=2,
+        description="newest event ids kept in memory to recognise an id sent again with another ts (~40 MB/million)",
+    )  # fmt: skip
     min_free_mb: float = Field(default=512, ge=0, description="raise disk_low below this much free space; 0: never")
 
 

@@ -20,6 +20,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent.config.azure import AzureSettings
+from agent.config.forward import ForwardSettings
+from agent.config.observe import HealthSettings, MetricsSettings
 from agent.config.relay import AlertSettings, SidecarSettings
 from agent.config.retention import RetentionSettings
 from agent.config.sections import (
@@ -55,6 +58,10 @@ class Settings(BaseSettings):
     export: ExportSettings = Field(default_factory=ExportSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
     sidecar: SidecarSettings = Field(default_factory=SidecarSettings)
+    azure: AzureSettings = Field(default_factory=AzureSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    health: HealthSettings = Field(default_factory=HealthSettings)
+    forward: ForwardSettings = Field(default_factory=ForwardSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 from pathlib import Path
 
@@ -25,8 +26,17 @@ def _openssl(cwd: Path, *args: str) -> None:
         raise LabError(f"openssl {args[0]} failed: {exc}") from exc
 
 
+def _san(name: str) -> str:
+    """A subjectAltName entry: IP addresses (e.g. 127.0.0.1 for a loopback server) as IP, the rest as DNS."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return f"DNS:{name}"
+    return f"IP:{name}"
+
+
 def write_certificates(certs_dir: Path, domain: str, names: list[str]) -> tuple[Path, Path, Path]:
-    """Create ``ca.crt`` and ``DOMAIN.crt``/``DOMAIN.key`` valid for *names*; return (ca, cert, key).
+    """Create ``ca.crt`` and ``DOMAIN.crt``/``DOMAIN.key`` valid for *names* (host names or IP addresses).
 
     The extensions are those strict verifiers (Python 3.13's VERIFY_X509_STRICT) insist on, so
     clients can verify chain and host name with nothing but the CA file.
@@ -52,7 +62,7 @@ def write_certificates(certs_dir: Path, domain: str, names: list[str]) -> tuple[
         "extendedKeyUsage=serverAuth,clientAuth\n"
         "subjectKeyIdentifier=hash\n"
         "authorityKeyIdentifier=keyid,issuer\n"
-        f"subjectAltName={','.join(f'DNS:{name}' for name in names)}\n",
+        f"subjectAltName={','.join(_san(name) for name in names)}\n",
         encoding="utf-8",
     )
     _openssl(

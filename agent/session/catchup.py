@@ -1,104 +1,47 @@
-"""Catch up from the server's message archive (XEP-0313 MAM) after an outage.
+"""Catching up after an outage, and the archive position that only covers what was replayed without a gap.
 
 When a stream cannot be resumed (the server's hibernation expired, or its queue overflowed), the
-events that were queued for the old session are in offline storage or only in the archive. After a
-new session's initial presence, the agent pages through its own archive for messages from the
-Monitor API after the last archive id it has committed. The results arrive as messages that a
-plugin (``monitor_events``) unwraps and stores like live ones; the store's de-duplication absorbs
-the overlap with offline delivery. The session knows those plugins only through
-:class:`agent.plugin.Recovering`.
+events queued for the old session are in offline storage or only in the archive. After a new
+session's initial presence, the agent pages through its own archive (``agent.session.archive``)
+for messages from the Monitor API after the stored position. The results arrive as messages that
+a plugin (``monitor_events``, through :class:`agent.plugin.Recovering`) stores like live ones; the
+store's de-duplication absorbs the overlap with offline delivery and live traffic.
+
+The position (``mam_last_id``, and ``mam_last_at``, the archive time of that message) is written
+by the plugin in the commit of the message's events, so it never runs ahead of them; but only:
+
+* for archived messages replayed by the catch-up, which arrive in archive order; and
+* for live messages once the live stream is known to continue the archive without a gap
+  (``track_live``): after a catch-up completed, and on streams resumed from such a session.
+
+From the start of a new session until its catch-up completes, live messages leave the position
+alone, and ``catchup_pending`` in ``agent_state`` says so: a crash, a cut connection or a stop in
+the middle makes the next start (or the resumed stream) run the catch-up again from the position,
+instead of skipping the range that was never replayed.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from datetime import datetime, timedelta
-from xml.etree import ElementTree as ET
 
 from loguru import logger
-from slixmpp import ClientXMPP
+from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import IqError, IqTimeout
 
+from agent.events import utc_now
 from agent.plugin import recovering
+from agent.session.archive import replay
 from agent.store import Store
 
 log = logger.bind(component="archive")
 
-MAM_NS = "urn:xmpp:mam:2"
-RSM_NS = "http://jabber.org/protocol/rsm"
-DATA_NS = "jabber:x:data"
-PAGE = 250
+#: The archive stamps a message before the agent receives it: start a time-bounded query earlier.
+MARGIN_MINUTES = 5
 
 
-class ArchiveGap(Exception):
-    """The archive no longer knows the position we asked for (expired or truncated)."""
-
-
-def _query(client: ClientXMPP, with_jid: str, after: str | None, start: str | None) -> ET.Element:
-    query = ET.Element(f"{{{MAM_NS}}}query", {"queryid": client.new_id()})
-    form = ET.SubElement(query, f"{{{DATA_NS}}}x", {"type": "submit"})
-    fields = {"FORM_TYPE": MAM_NS, "with": with_jid}
-    if start is not None:
-        fields["start"] = start
-    for var, value in fields.items():
-        field = ET.SubElement(form, f"{{{DATA_NS}}}field", {"var": var})
-        if var == "FORM_TYPE":
-            field.set("type", "hidden")
-        ET.SubElement(field, f"{{{DATA_NS}}}value").text = value
-    rsm = ET.SubElement(query, f"{{{RSM_NS}}}set")
-    ET.SubElement(rsm, f"{{{RSM_NS}}}max").text = str(PAGE)
-    if after is not None:
-        ET.SubElement(rsm, f"{{{RSM_NS}}}after").text = after
-    return query
-
-
-async def _pages(client: ClientXMPP, with_jid: str, after: str | None, start: str | None) -> int:
-    pages = 0
-    while True:
-        iq = client.Iq()
-        iq["type"] = "set"
-        iq.append(_query(client, with_jid, after, start))
-        try:
-            result = await iq.send(timeout=60)  # type: ignore[no-untyped-call]
-        except IqError as exc:
-            if exc.iq["error"]["condition"] == "item-not-found" and after is not None:
-                raise ArchiveGap(after) from None
-            raise
-        pages += 1
-        fin = result.xml.find(f"{{{MAM_NS}}}fin")
-        last = None if fin is None else fin.find(f"{{{RSM_NS}}}set/{{{RSM_NS}}}last")
-        if fin is None or fin.get("complete") == "true" or last is None or not last.text:
-            return pages
-        after, start = last.text, None
-
-
-async def catch_up(client: ClientXMPP, with_jid: str, after: str | None, fallback_start: str | None) -> str:
-    """Replay archived messages from ``with_jid`` after archive id ``after``.
-
-    If the archive no longer has ``after``, replay from ``fallback_start`` (an RFC 3339 time)
-    instead. Returns a one-line description of what was done, for the log.
-    """
-    if after is None and fallback_start is None:
-        return "no archive position yet: nothing to catch up"
-    try:
-        try:
-            pages = await _pages(client, with_jid, after, None if after else fallback_start)
-            return f"archive replayed after id {after or fallback_start} ({pages} page(s))"
-        except ArchiveGap:
-            if fallback_start is None:
-                return f"archive no longer has id {after} and no time to fall back to"
-            log.warning("archive no longer has id {}: replaying since {}", after, fallback_start)
-            pages = await _pages(client, with_jid, None, fallback_start)
-            return f"archive replayed since {fallback_start} ({pages} page(s))"
-    except IqError as exc:
-        error = exc.iq["error"]
-        return f"archive query refused: {error['condition']} {error['text'] or ''}".strip()
-    except IqTimeout:
-        return "archive query timed out"
-
-
-def _minus_minutes(stamp: str | None, minutes: int) -> str | None:
-    """An archive start time a little before ``stamp``: the server archived before we received."""
+def minus_minutes(stamp: str | None, minutes: int) -> str | None:
+    """An archive start time a little before ``stamp``."""
     if stamp is None:
         return None
     moment = datetime.fromisoformat(stamp.replace("Z", "+00:00")) - timedelta(minutes=minutes)
@@ -112,30 +55,70 @@ class Recovery:
         self.client = client
         self.store = store
         self.monitor_jid = monitor_jid
+        #: True from a new session until its catch-up completes (also restored from the database).
+        self.pending = False
+
+    def _track_live(self, on: bool, resumed: bool | None = None) -> None:
+        for plugin in recovering(self.client):
+            plugin.track_live = on
+            if resumed is not None:
+                plugin.resumed_stream = resumed
+
+    async def restore(self) -> None:
+        """A new process: was a catch-up interrupted? Then even a resumed stream must catch up."""
+        state = await self.store.read_state()
+        self.pending = state.get("catchup_pending") == "1"
+        if not state.get("archive_from"):
+            # The first start ever: without a position, a later catch-up starts from here.
+            self.store.set_state("archive_from", utc_now())
+
+    def connecting(self) -> None:
+        """A connection attempt: until it says resumed, nothing proves the live stream has no gap."""
+        self._track_live(False)
+
+    def new_session(self) -> None:
+        """A new session (not a resumption): a gap may exist until the catch-up completes."""
+        self.pending = True
+        self._track_live(False, resumed=False)
+        self.store.set_state("catchup_pending", "1")
+
+    def resumed(self) -> None:
+        """A resumed stream continues the previous one: live positions count unless a catch-up is owed."""
+        self._track_live(not self.pending, resumed=True)
 
     async def catch_up(self) -> None:
+        """Replay the archive from the stored position; on success, live positions count again."""
         plugins = recovering(self.client)
         if not plugins:
             return
+        self._track_live(False)
         for plugin in plugins:
             plugin.recovered.clear()
         state = await self.store.read_state()
-        after = next((p.last_archive_id for p in plugins if p.last_archive_id), None) or state.get("mam_last_id")
-        fallback = _minus_minutes(await self.store.last_received_at(), 5)
-        outcome = await catch_up(self.client, self.monitor_jid, after, fallback)
+        after = state.get("mam_last_id")
+        since = state.get("mam_last_at") or await self.store.last_received_at() or state.get("archive_from")
+        outcome = await replay(self.client, self.monitor_jid, after, minus_minutes(since, MARGIN_MINUTES))
         await self.store.barrier()
+        if outcome.complete:
+            self.pending = False
+            self.store.set_state("catchup_pending", None)
+            self._track_live(True)
         log.info(
-            "new session: {}; recovered {} event(s) from offline storage and {} from the archive",
-            outcome, sum(p.recovered["offline"] for p in plugins), sum(p.recovered["mam"] for p in plugins),
+            "catch-up: {}; recovered {} event(s) from offline storage and {} from the archive{}",
+            outcome.text, sum(p.recovered["offline"] for p in plugins), sum(p.recovered["mam"] for p in plugins),
+            "" if outcome.complete else "; it will run again",
         )  # fmt: skip
 
     async def report_resumption(self) -> None:
+        """Log what the server replayed after ``<resumed/>``, once it has all been committed."""
         plugins = recovering(self.client)
-        if not plugins:
-            return
         for plugin in plugins:
             plugin.recovered.clear()
-        # The server replays its queue right after <resumed/>; give it a moment to arrive.
-        await asyncio.sleep(2.0)
+        # The server replays its queue right after <resumed/>, before it answers anything sent
+        # later: once a ping is answered, the replay has arrived.
+        ping = self.client.plugin["xep_0199"]
+        # An error answer also comes after the replay; a timeout is the keepalive's business.
+        with contextlib.suppress(IqError, IqTimeout):
+            await ping.send_ping(JID(self.client.boundjid.domain), timeout=30)
         await self.store.barrier()
         log.info("stream resumed: {} event(s) replayed by the server", sum(p.recovered["resume"] for p in plugins))

@@ -29,6 +29,8 @@ from agent.session.acks import SM_NS, Acks
 from agent.session.backoff import Backoff
 from agent.session.catchup import Recovery
 from agent.session.client import MonitorClient
+from agent.session.conflict import Conflict
+from agent.session.hooks import SessionHooks
 from agent.session.keepalive import Keepalive
 from agent.session.subscribe import SubscribeOutcome, Subscriber
 from agent.store import Store
@@ -48,6 +50,9 @@ class MonitorSession:
         self.reconnects = 0
         self.acks = Acks(self.client, store)
         self.keepalive = Keepalive(self.client, store, settings.keepalive)
+        #: Listeners of up, down, failed attempts and ping round trips (metrics, health).
+        self.hooks = SessionHooks()
+        self.keepalive.on_rtt.append(lambda rtt: self.hooks.emit(self.hooks.rtt, rtt))
         self.subscriber = Subscriber(self.client, store, settings.monitor)
         self.recovery = Recovery(self.client, store, settings.monitor.jid)
         self._keepalive_task: asyncio.Task[None] | None = None
@@ -55,6 +60,7 @@ class MonitorSession:
         self._lost = asyncio.Event()
         self.client.add_event_handler("disconnected", self._on_disconnected)
         self.client.add_event_handler("session_end", self._on_session_end)
+        self.conflict = Conflict(self.client, store, settings.xmpp.jid)
         load_plugins(self.client, settings, store)
 
     @property
@@ -71,31 +77,38 @@ class MonitorSession:
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, stay connected, reconnect; return after a clean shutdown once ``stop`` is set."""
         await self._restore_stream_position()
+        await self.recovery.restore()
         self.store.set_state("session", "starting")
         stopping = asyncio.ensure_future(stop.wait())
         try:
             while not stop.is_set():
+                if self.store.over:
+                    await self._wait_for_writer(stopping)
+                    continue
                 try:
                     resumed = await self._connect_once(stopping)
                 except AuthenticationError as exc:
                     self.store.observe("session", "auth_failure", detail=str(exc))
                     self._record_down(str(exc))
+                    self.hooks.emit(self.hooks.failed, str(exc))
                     log.error("{}", exc)
                 except SessionError as exc:
                     self._record_down(str(exc))
+                    self.hooks.emit(self.hooks.failed, str(exc))
                     log.warning("{}", exc)
                 else:
                     if stop.is_set():
                         break
                     await self._on_up(resumed)
-                    await asyncio.wait(
-                        [stopping, asyncio.ensure_future(self._lost.wait())],
-                        return_when=asyncio.FIRST_COMPLETED,
-                    )
+                    lost = asyncio.ensure_future(self._lost.wait())
+                    try:
+                        await asyncio.wait([stopping, lost], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        lost.cancel()  # on stop, nothing else would ever end it
                     if stop.is_set():
                         break
                     self._on_down()
-                delay = self.backoff.next_delay()
+                delay = self.conflict.delay(self.backoff.next_delay(), self.backoff.rng)
                 self.store.set_state("session", f"retrying in {delay:.0f} s")
                 log.info("reconnecting in {:.1f} s", delay)
                 with contextlib.suppress(TimeoutError):
@@ -103,6 +116,14 @@ class MonitorSession:
         finally:
             stopping.cancel()
             await self._shutdown()
+
+    async def _wait_for_writer(self, stopping: asyncio.Future[Any]) -> None:
+        """Do not connect while the writer is far behind: a new connection would only add to it."""
+        log.warning("the database is {} records behind: reconnecting once the writer has caught up", self.store.pending)
+        self.store.set_state("session", "waiting for the database to catch up")
+        while self.store.over and not stopping.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stopping), 1.0)
 
     async def _restore_stream_position(self) -> None:
         state = await self.store.read_state()
@@ -112,6 +133,7 @@ class MonitorSession:
         """One attempt: returns True if the stream was resumed, False for a new session."""
         client = self.client
         self.acks.new_attempt()
+        self.recovery.connecting()
         self._lost.clear()
         outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
@@ -155,6 +177,11 @@ class MonitorSession:
                 " (server frozen or overloaded?)"
             )
         result = outcome.result()
+        if result == "started" and not client.boundjid.resource:
+            # slixmpp starts the session even when the server answered the bind request with an
+            # error; such a session has no address and receives nothing.
+            self._abort()
+            raise SessionError(f"the server refused resource binding for {xmpp.jid}: retrying")
         if result in ("started", "resumed"):
             return result == "resumed"
         self._abort()
@@ -178,24 +205,29 @@ class MonitorSession:
         self.backoff.connected()
         self.connected.set()
         self.store.observe("session", "up", ok=True)
-        self.acks.paused = False
+        self.acks.reattach()
         now = utc_now()
         self.store.set_state("session", "connected (resumed)" if resumed else "connected")
         self.store.set_state("connected_since", now)
         self.store.set_state("reconnects", self.reconnects)
         self.store.set_state("last_error", None)
+        self.hooks.emit(self.hooks.up, resumed)
         sm = self.client.plugin["xep_0198"]
         if resumed:
             log.info("stream {} resumed at h={}", sm.sm_id, sm.handled)
-            self._subscribe_task = asyncio.ensure_future(self.recovery.report_resumption())
+            self.recovery.resumed()
+            self._subscribe_task = asyncio.ensure_future(self._after_resumption())
         else:
-            log.info("session started as {}", self.client.boundjid.full)
+            log.info("new session started as {}", self.client.boundjid.full)
+            self.recovery.new_session()
             # Offline messages are flushed only after initial presence, and a session that queries
             # the archive before it gets none: presence first, then subscriptions and catch-up.
             self.client.send_presence()
             self._subscribe_task = asyncio.ensure_future(self._after_new_session())
         generation = self.acks.generation
-        self._keepalive_task = asyncio.ensure_future(self.keepalive.run(lambda: generation == self.acks.generation))
+        self._keepalive_task = asyncio.ensure_future(
+            self.keepalive.run(lambda: generation == self.acks.generation, lambda: self.acks.paused)
+        )
 
     def _on_down(self) -> None:
         self.connected.clear()
@@ -206,6 +238,7 @@ class MonitorSession:
                 task.cancel()
         reason = self.client.disconnect_reason or "connection lost"
         self._record_down(reason)
+        self.hooks.emit(self.hooks.down, reason)
         log.warning("disconnected: {}", reason)
 
     def _record_down(self, reason: str) -> None:
@@ -218,6 +251,14 @@ class MonitorSession:
 
     def _on_session_end(self, _event: Any) -> None:
         self.acks.forget()
+
+    async def _after_resumption(self) -> None:
+        await self.recovery.report_resumption()
+        if self.recovery.pending:
+            # A catch-up was cut short (a dropped connection cancels it, a crash ends it): the
+            # resumed stream only brings what the server queued, not the rest of the archive.
+            log.info("a catch-up was interrupted: running it again on the resumed stream")
+            await self.recovery.catch_up()
 
     async def _after_new_session(self) -> None:
         # Catch-up must not wait for subscriptions: the service may be down for a long time while

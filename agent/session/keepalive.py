@@ -7,8 +7,10 @@ session hibernating, so the next connection can resume it (XEP-0198).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 from loguru import logger
 from slixmpp import JID, ClientXMPP
@@ -29,12 +31,33 @@ class Keepalive:
         self.store = store
         self.settings = settings
         self.last_rtt: float | None = None
+        self.pings = 0  # answered
+        self._unawaited: set[asyncio.Task[None]] = set()
+        #: Called with each round-trip time in seconds (the session's ``hooks.rtt``).
+        self.on_rtt: list[Callable[[float], None]] = []
 
-    async def run(self, current: Callable[[], bool]) -> None:
-        """Ping while ``current()`` says this connection is still the live one."""
+    def _send_unawaited(self, ping: Any) -> None:
+        async def send() -> None:
+            with contextlib.suppress(IqError, IqTimeout):
+                await ping.send_ping(JID(self.client.boundjid.domain), timeout=self.settings.interval)
+
+        task = asyncio.ensure_future(send())
+        self._unawaited.add(task)
+        task.add_done_callback(self._unawaited.discard)
+
+    async def run(self, current: Callable[[], bool], paused: Callable[[], bool] = lambda: False) -> None:
+        """Ping while ``current()`` says this connection is still the live one.
+
+        While reads are paused on purpose (``paused()``: the writer is far behind), an answer cannot
+        be read, so its absence proves nothing: the ping is still sent (the Monitor API drops a
+        connection that sends nothing for 10 minutes) and its answer is not awaited.
+        """
         ping = self.client.plugin["xep_0199"]
         while current() and self.client.transport is not None:
             await asyncio.sleep(self.settings.interval)
+            if paused():
+                self._send_unawaited(ping)
+                continue
             started = time.monotonic()
             try:
                 await ping.send_ping(JID(self.client.boundjid.domain), timeout=self.settings.timeout)
@@ -48,5 +71,8 @@ class Keepalive:
             except IqError:
                 pass  # an error answer still proves the server is alive
             self.last_rtt = time.monotonic() - started
+            self.pings += 1
             self.store.set_state("last_ping_rtt_ms", round(self.last_rtt * 1000, 1))
             self.store.set_state("last_ping_at", utc_now())
+            for listener in self.on_rtt:
+                listener(self.last_rtt)

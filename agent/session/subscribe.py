@@ -70,7 +70,7 @@ class Subscriber:
             error = exc.iq["error"]
             condition, code = error["condition"], error["code"] or "?"
             text = error["text"]
-            log.error(
+            log.bind(app=app).error(
                 "subscription of app {} refused: {} ({}){}",
                 app, condition, code, f": {text}" if text else "",
             )  # fmt: skip
@@ -79,9 +79,9 @@ class Subscriber:
             self.store.observe("subscription", alert_code, app=app, detail=f"{condition}: {text}")
             return SubscribeOutcome(f"{condition} ({code})", retry=error["type"] == "wait")
         except IqTimeout:
-            log.error("subscription of app {}: no answer from {}", app, monitor.jid)
+            log.bind(app=app).error("subscription of app {}: no answer from {}", app, monitor.jid)
             self.store.observe("subscription", "504", app=app, detail=f"no answer from {monitor.jid}")
             return SubscribeOutcome("timeout", retry=True)
-        log.info("subscribed to app {}", app)
+        log.bind(app=app).info("subscribed to app {}", app)
         self.store.observe("subscription", "ok", app=app, ok=True)
         return SubscribeOutcome("ok", retry=False)

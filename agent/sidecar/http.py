@@ -24,6 +24,7 @@ from loguru import logger
 from agent.config import AlertmanagerSink, WebhookSink
 from agent.sidecar.instrumentation import Exchange, InstrumentedClient
 from agent.store.outbox import Attempt, Item
+from agent.store.sequencing import Policy
 
 log = logger.bind(component="sidecar")
 
@@ -65,6 +66,8 @@ class HttpSink:
     """Batched delivery to one HTTP endpoint; subclasses say how items are encoded."""
 
     cfg: WebhookSink | AlertmanagerSink
+    #: Which pending notifications a later one of the same alert replaces (agent.store.sequencing).
+    order: Policy = "ordered"
 
     def __init__(self, name: str, cfg: WebhookSink | AlertmanagerSink, http: InstrumentedClient) -> None:
         self.name = name

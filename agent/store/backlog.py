@@ -1,9 +1,11 @@
 """What waits for the writer's next commit, in arrival order, and how big it is.
 
 Records (events and quarantined items), counter increments, ``agent_state`` values and barriers
-wait here between commits. :meth:`Backlog.take` hands them to one commit; a commit that fails
-puts them back (:meth:`Backlog.put_back`) in front of what arrived meanwhile, so they are retried
-in order.
+wait here between commits. :meth:`Backlog.take` hands at most ``limit`` records to one commit, so
+that after a full disk every freed megabyte is progress instead of one all-or-nothing transaction;
+a barrier is resolved by the commit that covers everything submitted before it. A commit that
+fails puts its share back (:meth:`Backlog.put_back`) in front of what arrived meanwhile, so it is
+retried in order. The backlog's size is counted in records and in bytes (payloads and raw text).
 """
 
 from __future__ import annotations
@@ -16,23 +18,33 @@ from agent.events import Event
 from agent.store.batch import Batch
 from agent.store.rows import Quarantined
 
+#: Bytes counted per record beyond its text: the row's other columns and Python's objects.
+RECORD_OVERHEAD = 200
+
 
 @dataclass(slots=True)
 class Mark:
-    """A barrier: resolved when everything submitted before it is committed."""
+    """A barrier: resolved once the events and quarantined items submitted before it are committed."""
 
     future: asyncio.Future[None]
     sm_id: str | None
     handled: int | None
+    events_upto: int = 0
+    quarantine_upto: int = 0
 
 
 @dataclass(slots=True)
 class Taken:
-    """One commit's share of the backlog: the batch to write, its barriers and arrival times."""
+    """One commit's share of the backlog: the batch to write, the barriers it resolves, arrival times."""
 
     batch: Batch
     marks: list[Mark]
-    arrivals: list[float]
+    arrivals: list[tuple[int, float]]
+    size: int
+
+
+def _size(event: Event) -> int:
+    return len(event.text) + RECORD_OVERHEAD
 
 
 @dataclass
@@ -42,7 +54,15 @@ class Backlog:
     counters: Counter[str] = field(default_factory=Counter)
     state: dict[str, str | None] = field(default_factory=dict)
     marks: list[Mark] = field(default_factory=list)
-    arrivals: list[float] = field(default_factory=list)
+    #: (events submitted up to then, perf_counter) per submission, for arrival-to-commit latency.
+    arrivals: list[tuple[int, float]] = field(default_factory=list)
+    #: Bytes of the records waiting.
+    bytes: int = 0
+    # Records ever taken by commits that succeeded, and ever added: barriers compare against them.
+    _events_done: int = 0
+    _quarantine_done: int = 0
+    _events_seen: int = 0
+    _quarantine_seen: int = 0
 
     @property
     def records(self) -> int:
@@ -52,20 +72,46 @@ class Backlog:
     def has_work(self) -> bool:
         return bool(self.events or self.quarantine or self.counters or self.state or self.marks)
 
+    def add_events(self, events: list[Event], received_at: str, arrived: float | None) -> None:
+        self.events.extend((event, received_at) for event in events)
+        self._events_seen += len(events)
+        self.bytes += sum(map(_size, events))
+        if arrived is not None:
+            self.arrivals.append((self._events_seen, arrived))
+
+    def add_quarantine(self, item: Quarantined) -> None:
+        self.quarantine.append(item)
+        self._quarantine_seen += 1
+        self.bytes += len(item.raw) + RECORD_OVERHEAD
+
+    def add_mark(self, mark: Mark) -> None:
+        mark.events_upto, mark.quarantine_upto = self._events_seen, self._quarantine_seen
+        self.marks.append(mark)
+
     def forget_stream(self) -> None:
         """Barriers still waiting must not write a discarded stream's id back."""
         for mark in self.marks:
             mark.sm_id = None
 
-    def take(self) -> Taken:
-        """Everything waiting, for one commit."""
-        marks = self.marks
-        last = next((m for m in reversed(marks) if m.sm_id is not None), None)
+    def take(self, limit: int) -> Taken:
+        """The oldest ``limit`` records, with the counters, state and barriers they complete."""
+        events, self.events = self.events[:limit], self.events[limit:]
+        room = max(limit - len(events), 0)
+        quarantine, self.quarantine = self.quarantine[:room], self.quarantine[room:]
+        events_done = self._events_done + len(events)
+        quarantine_done = self._quarantine_done + len(quarantine)
+        covered = [m for m in self.marks if m.events_upto <= events_done and m.quarantine_upto <= quarantine_done]
+        self.marks = self.marks[len(covered) :]  # marks are in order: the covered ones come first
+        arrivals = [a for a in self.arrivals if a[0] <= events_done]
+        self.arrivals = self.arrivals[len(arrivals) :]
+        last = next((m for m in reversed(covered) if m.sm_id is not None), None)
         position = None if last is None or last.sm_id is None else (last.sm_id, last.handled)
-        taken = Taken(Batch(self.events, self.quarantine, self.counters, self.state, position), marks, self.arrivals)
-        self.events, self.quarantine, self.counters, self.state = [], [], Counter(), {}
-        self.marks, self.arrivals = [], []
-        return taken
+        size = sum(_size(e) for e, _ in events) + sum(len(q.raw) + RECORD_OVERHEAD for q in quarantine)
+        self.bytes -= size
+        batch = Batch(events, quarantine, self.counters, self.state, position)
+        self.counters, self.state = Counter(), {}
+        self._events_done, self._quarantine_done = events_done, quarantine_done
+        return Taken(batch, covered, arrivals, size)
 
     def put_back(self, taken: Taken) -> None:
         """A commit failed: its share goes back in front of what arrived meanwhile."""
@@ -75,4 +121,7 @@ class Backlog:
         self.counters.update(batch.counters)
         self.state = batch.state | self.state
         self.marks = taken.marks + self.marks
+        self._events_done -= len(batch.events)
+        self._quarantine_done -= len(batch.quarantine)
         self.arrivals = taken.arrivals + self.arrivals
+        self.bytes += taken.size

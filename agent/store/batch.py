@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import aiosqlite
@@ -12,15 +13,18 @@ import aiosqlite
 from agent.alerts import AlertRules
 from agent.events import HISTORY_KINDS, Event, utc_now
 from agent.store.alerts import apply_rules
+from agent.store.drift import record_drift, sightings
+from agent.store.identity import Identity
 from agent.store.rows import (
     BUMP_COUNTER,
     INSERT_API,
     INSERT_EVENT,
     INSERT_QUARANTINE,
+    KINDS_INSERTED,
     SET_STATE,
     UPSERT,
     Quarantined,
-    state_row,
+    state_rows,
 )
 
 
@@ -49,9 +53,15 @@ class Commit:
     quarantined: int
     committed_at: float
     arrivals: list[float] = field(default_factory=list)
+    #: Rows written per event kind: appended (history, api) or inserted/updated (state kinds).
+    kinds: Counter[str] = field(default_factory=Counter)
+    #: The persistent counters this commit added (stanzas, foreign_stanzas, events_received, ...).
+    counters: Counter[str] = field(default_factory=Counter)
+    #: The reason of each quarantined item written.
+    quarantine_reasons: list[str] = field(default_factory=list)
 
 
-async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batch) -> Commit:
+async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: Identity, batch: Batch) -> Commit:
     """Write one batch in one ``BEGIN IMMEDIATE`` transaction and commit it; roll back is the caller's."""
     events, quarantine = batch.events, batch.quarantine
     # Copies: a failed attempt is retried with the batch as it was, not with this attempt's additions.
@@ -59,6 +69,7 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batc
     history: list[tuple[Any, ...]] = []
     api: list[tuple[Any, ...]] = []
     upserts: dict[str, list[tuple[Any, ...]]] = {}
+    drifted: list[tuple[Event, str]] = []
     for event, received_at in events:
         kind, p = event.kind, event.payload
         if kind in HISTORY_KINDS:
@@ -70,13 +81,25 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batc
                 event.text, received_at,
             ))  # fmt: skip
         else:
-            upserts.setdefault(kind, []).append(state_row(event, received_at))
+            upserts.setdefault(kind, []).extend(state_rows(event, received_at))
+            if event.drift:
+                drifted.append((event, received_at))
     await conn.execute("BEGIN IMMEDIATE")
+    received = len(history) + len(api)
+    history, restamped = await identity.split(conn, history, "events", 0, 3)
+    api, restamped_api = await identity.split(conn, api, "api_calls", 0, 2)
+    if drifted:  # before the rules: a new value's alert is evaluated in this transaction
+        await record_drift(conn, rules, sightings(drifted, counters))
     appended = 0  # history and api rows really inserted: the rest were duplicates
+    kinds: Counter[str] = Counter()
     if history:
         cursor = await conn.executemany(INSERT_EVENT, history)
-        appended += max(cursor.rowcount, 0)
-    api_total = len(api)
+        inserted = max(cursor.rowcount, 0)
+        appended += inserted
+        if inserted == len(history):
+            kinds.update(map(itemgetter(2), history))
+        elif inserted:  # some were duplicates: ask which kinds the new rows have
+            kinds.update(dict(await conn.execute_fetchall(KINDS_INSERTED, (inserted,))))  # type: ignore[arg-type]
     if api:
         # Alerts count each call once: on a redelivery, count only the rows really inserted.
         await conn.execute("SAVEPOINT api")
@@ -87,16 +110,27 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batc
             cursor = await conn.executemany(INSERT_API, api)
         await conn.execute("RELEASE api")
         appended += max(cursor.rowcount, 0)
+        if cursor.rowcount > 0:
+            kinds["api"] = cursor.rowcount
     if api or rules.has_pending or rules.sweep_due():
         await apply_rules(conn, rules, Counter((r[1], r[3], r[6]) for r in api))
     for kind, rows in upserts.items():
-        await conn.executemany(UPSERT[kind], rows)
+        cursor = await conn.executemany(UPSERT[kind], rows)
+        if cursor.rowcount > 0:  # a replay older than the stored value changes nothing
+            kinds[kind] = cursor.rowcount
+    quarantined = 0
+    reasons: list[str] = []  # of the rows really quarantined (a replay of one adds none)
+    for q in quarantine:  # one statement each: quarantine is rare, and which rows are new matters
+        cursor = await conn.execute(INSERT_QUARANTINE, q.row())
+        if cursor.rowcount > 0:
+            reasons.append(q.reason)
+    quarantined = len(reasons)
     if quarantine:
-        await conn.executemany(
-            INSERT_QUARANTINE,
-            [(q.reason, q.raw, q.sender, q.event_id, q.app, q.received_at) for q in quarantine],
-        )
-    duplicates = len(history) + api_total - appended
+        counters["quarantined"] += quarantined
+        counters["quarantine_replays"] += len(quarantine) - quarantined
+    duplicates = received - appended
+    if restamped + restamped_api:
+        counters["events_restamped"] += restamped + restamped_api  # of the duplicates: same id, another ts
     if events:
         counters["events_received"] += len(events)
     if duplicates:
@@ -111,7 +145,11 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, batch: Batc
         await conn.executemany(SET_STATE, [(k, v, now) for k, v in state.items()])
     await conn.commit()
     rules.committed()
-    return Commit(appended, sum(map(len, upserts.values())), duplicates, len(quarantine), time.perf_counter())
+    await identity.rotate(conn)
+    return Commit(
+        appended, sum(map(len, upserts.values())), duplicates, quarantined, time.perf_counter(),
+        kinds=kinds, counters=counters, quarantine_reasons=reasons,
+    )  # fmt: skip
 
 
 async def _new_api_rows(conn: aiosqlite.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:

@@ -8,6 +8,8 @@ read-only connection in chunks of ``CHUNK`` rows in key order, each chunk its ow
 transaction (keyset paging), so memory stays constant whatever the size and a long export never
 pins the WAL. Each row is exported at most once; a row committed behind the export's position
 while it runs is not in it (as with a snapshot taken at the start), one committed ahead of it is.
+An export to Azure Storage also logs every request it sends (``export_requests``, seed 001's
+instrumentation); it spools the same files first, so it reads the rows the same way.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from agent.events import utc_now
 from agent.exceptions import ExportError, StoreError
 from agent.store.connection import connect_readonly
+from agent.store.paging import keyset_chunks
 
 #: Snapshot data -> (table, columns, JSON columns, order).
 SNAPSHOTS: dict[str, tuple[str, tuple[str, ...], frozenset[str], str]] = {
@@ -61,6 +64,24 @@ class Job:
     created_at: str = ""
     started_at: str | None = None
     finished_at: str | None = None
+    rows_total: int | None = None
+    rows_done: int | None = None
+    bytes_total: int | None = None
+    bytes_done: int | None = None
+    spool: str | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> Job:
+        """From a row; columns another version added are ignored, so old and new code read one table."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: row[k] for k in row.keys() if k in known})  # noqa: SIM118 - a Row iterates values
+
+    @property
+    def to_container(self) -> bool:
+        """True when the destination is an Azure Storage container URL (stored without its SAS)."""
+        return self.destination.startswith(("https://", "http://"))
 
     @property
     def stem(self) -> str:
@@ -103,14 +124,17 @@ def create_job(
     db: Path,
     type_: str,
     data: str,
-    destination: Path,
+    destination: Path | str,
     *,
     from_ts: str | None = None,
     to_ts: str | None = None,
     csv_too: bool = False,
     busy_timeout_ms: int = 30_000,
 ) -> int:
-    """Validate the request and insert a ``queued`` job; return its id."""
+    """Validate the request and insert a ``queued`` job; return its id.
+
+    ``destination`` is a folder, or a container URL as a string, already stripped of its SAS token.
+    """
     if type_ == "snapshot" and data not in SNAPSHOTS:
         raise ExportError(f"unknown snapshot {data!r}: choose one of {', '.join(SNAPSHOTS)}")
     if type_ == "history":
@@ -129,7 +153,7 @@ def create_job(
             "INSERT INTO export_jobs (type, data, from_ts, to_ts, formats, destination, state,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
             (type_, data, from_ts, to_ts, "jsonl,csv" if csv_too else "jsonl",
-             str(destination.resolve()), utc_now()),
+             destination if isinstance(destination, str) else str(destination.resolve()), utc_now()),
         )  # fmt: skip
         return int(cursor.lastrowid or 0)
     except sqlite3.OperationalError as exc:
@@ -152,7 +176,7 @@ def list_jobs(db: Path, job_id: int | None = None) -> list[Job]:
         raise ExportError(f"cannot read export jobs from {db}: {exc}") from None
     finally:
         conn.close()
-    return [Job(**dict(row)) for row in rows]
+    return [Job.of(row) for row in rows]
 
 
 def get_job(db: Path, job_id: int) -> Job:
@@ -178,6 +202,54 @@ def claim_job(db: Path, busy_timeout_ms: int, job_id: int) -> bool:
         conn.close()
 
 
+def reclaim_job(db: Path, busy_timeout_ms: int, job: Job) -> bool:
+    """Move a failed job (or one left running by a dead process) back to ``running`` for this process.
+
+    Compare-and-set on the state and pid read before: two resumes cannot both win.
+    """
+    conn = _writer(db, busy_timeout_ms)
+    try:
+        cursor = conn.execute(
+            "UPDATE export_jobs SET state = 'running', pid = ?, error = NULL, finished_at = NULL"
+            " WHERE id = ? AND state = ? AND pid IS ?",
+            (os.getpid(), job.id, job.state, job.pid),
+        )
+        return cursor.rowcount == 1
+    finally:
+        conn.close()
+
+
+class RequestLog:
+    """Appends the rows of ``export_requests`` for one job, each insert its own short transaction."""
+
+    COLUMNS = ("operation", "blob", "block", "attempt", "http_status", "error_code", "request_id",
+               "client_request_id", "started_at", "latency_ms")  # fmt: skip
+
+    def __init__(self, db: Path, busy_timeout_ms: int, job_id: int) -> None:
+        self.job_id = job_id
+        self._conn = _writer(db, busy_timeout_ms)
+
+    def add(self, **values: Any) -> None:
+        names = ", ".join(self.COLUMNS)
+        self._conn.execute(
+            f"INSERT INTO export_requests (job_id, {names}) VALUES (?{', ?' * len(self.COLUMNS)})",
+            (self.job_id, *(values.get(name) for name in self.COLUMNS)),
+        )
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def requests_of(db: Path, job_id: int) -> list[dict[str, Any]]:
+    """The requests a job sent, in order."""
+    conn = connect_readonly(db)
+    try:
+        rows = conn.execute("SELECT * FROM export_requests WHERE job_id = ? ORDER BY id", (job_id,)).fetchall()
+    finally:
+        conn.close()
+    return [dict(row) for row in rows]
+
+
 def _query(job: Job) -> tuple[str, tuple[Any, ...], tuple[str, ...], frozenset[str]]:
     if job.type == "snapshot":
         table, columns, json_columns, order = SNAPSHOTS[job.data]
@@ -190,39 +262,14 @@ def _query(job: Job) -> tuple[str, tuple[Any, ...], tuple[str, ...], frozenset[s
 
 
 def _chunks(conn: sqlite3.Connection, job: Job, columns: tuple[str, ...]) -> Iterator[list[tuple[Any, ...]]]:
-    """The job's rows in key order, ``CHUNK`` at a time, each chunk read in its own short transaction.
-
-    The next chunk starts after the last key read (keyset paging on the table's unique key), so
-    each row comes at most once, and a long export never holds one read transaction open (which
-    would keep the WAL from being checkpointed and let it grow for as long as the export runs).
-    """
-    params: tuple[Any, ...] = ()
+    """The job's rows in key order, ``CHUNK`` at a time, each chunk its own short read (agent.store.paging)."""
     if job.type == "snapshot":
         table, _, _, order = SNAPSHOTS[job.data]
-        keys = tuple(k.strip() for k in order.split(","))
-        where, lower = "", None
-    else:
-        table, keys = ("api_calls" if job.data == "api" else "events"), ("ts", "event_id")
-        where = "ts >= ? AND ts < ?" + ("" if job.data == "api" else " AND kind = ?")
-        params, lower = (job.from_ts, job.to_ts) + (() if job.data == "api" else (job.data,)), job.from_ts
-    select = f"SELECT {', '.join(columns)} FROM {table}"
-    order = f" ORDER BY {', '.join(keys)} LIMIT {CHUNK}"
-    positions = [columns.index(k) for k in keys]
-    after: tuple[Any, ...] | None = None
-    while True:
-        if after is None:
-            rows = conn.execute(select + (f" WHERE {where}" if where else "") + order, params).fetchall()
-        else:
-            # History: the range starts at the last ts read, so the index search skips what was read.
-            bound = (after[0], *params[1:]) if lower is not None else params
-            after_keys = f"({', '.join(keys)}) > ({', '.join('?' * len(keys))})"
-            rows = conn.execute(
-                select + f" WHERE {where + ' AND ' if where else ''}{after_keys}" + order, (*bound, *after)
-            ).fetchall()
-        if not rows:
-            return
-        yield rows
-        after = tuple(rows[-1][i] for i in positions)
+        return keyset_chunks(conn, table, columns, tuple(k.strip() for k in order.split(",")), CHUNK)
+    table = "api_calls" if job.data == "api" else "events"
+    where = "ts >= ? AND ts < ?" + ("" if job.data == "api" else " AND kind = ?")
+    params = (job.from_ts, job.to_ts) + (() if job.data == "api" else (job.data,))
+    return keyset_chunks(conn, table, columns, ("ts", "event_id"), CHUNK, where, params, first_key_from=True)
 
 
 def count_rows(db: Path, job: Job) -> int:

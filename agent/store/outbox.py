@@ -1,9 +1,11 @@
 """The sidecar's side of the database (its outbox): its own connection, WAL and busy_timeout.
 
 Work per sink lives in ``delivery_state``: :meth:`Outbox.sync` takes the notifications a sink has
-not seen yet (above its ``sink_cursor``) as ``pending``; :meth:`Outbox.due` reads the ones whose
-``next_attempt_at`` has come; :meth:`Outbox.record` writes the attempts to ``deliveries`` and moves
-each notification to ``delivered``, ``dead`` or a later ``next_attempt_at`` in one transaction.
+not seen yet (above its ``sink_cursor``) as ``pending`` (a sink seen for the first time takes only
+the latest notification of each firing alert) and marks ``superseded`` what a later one replaces;
+:meth:`Outbox.due` picks, per alert and in order, the ones to send now (``agent.store.sequencing``);
+:meth:`Outbox.record` writes the attempts to ``deliveries`` and moves each notification to
+``delivered``, ``dead`` or a later ``next_attempt_at`` in one transaction.
 A notification is ``delivered`` only once its sink confirmed it, and that is committed before the
 next round, so a restart (kill -9 included) re-sends only what was not confirmed.
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +36,10 @@ from agent.events import iso
 from agent.exceptions import StoreError
 from agent.store.alerts import apply_rules
 from agent.store.connection import open_writer
+from agent.store.sequencing import DUE, Policy, supersede
 
 log = logger.bind(component="sidecar")
+Rows = tuple[Any, ...]
 
 
 @dataclass(slots=True)
@@ -90,7 +94,7 @@ class Outbox:
         self.alerts = AlertRules(alerts, frozenset({"sidecar"}))
         self._closed = False
         #: Rounds sent but not yet recorded (the disk was full), per sink, oldest first.
-        self._held: dict[str, list[tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]] = {}
+        self._held: dict[str, list[tuple[list[Rows], list[Rows], list[Rows]]]] = {}
         self._refused: set[str] = set()
         self._flushing: dict[str, asyncio.Lock] = {}
 
@@ -121,26 +125,45 @@ class Outbox:
                     raise StoreError(f"cannot write to the database: {exc}") from exc
                 raise
 
-    async def sync(self, sinks: Iterable[str]) -> int:
-        """Take notifications newer than each sink's cursor as pending; return how many."""
+    async def sync(self, sinks: Mapping[str, Policy]) -> int:
+        """Take notifications newer than each sink's cursor as pending; return how many.
+
+        A sink without a cursor is new: it takes the latest notification of each firing alert (the
+        current state of what is open) and nothing already resolved; its cursor is written at once,
+        even on an empty outbox, so it is new only once. Then what a later notification replaces
+        under the sink's policy is marked superseded (``agent.store.sequencing``).
+        """
         now = iso(time.time())
         added = 0
         async with self._transaction() as conn:
             top = await conn.execute_fetchall("SELECT coalesce(max(id), 0) FROM notifications")
             newest = int(next(iter(top))[0])
-            for sink in sinks:
+            for sink, policy in sinks.items():
                 rows = list(await conn.execute_fetchall(
                     "SELECT last_id FROM sink_cursor WHERE sink = ?", (sink,)))  # fmt: skip
-                last = int(rows[0][0]) if rows else 0
-                if newest <= last:
+                if rows and newest <= int(rows[0][0]):
                     continue
-                cursor = await conn.execute(
-                    "INSERT OR IGNORE INTO delivery_state (sink, notification_id, state, attempts,"
-                    " next_attempt_at, updated_at) SELECT ?, id, 'pending', 0, ?, ? FROM notifications"
-                    " WHERE id > ? AND id <= ?",
-                    (sink, iso(0), now, last, newest),
-                )
+                if rows:
+                    cursor = await conn.execute(
+                        "INSERT OR IGNORE INTO delivery_state (sink, notification_id, alert_id, state, attempts,"
+                        " next_attempt_at, updated_at) SELECT ?, id, alert_id, 'pending', 0, ?, ?"
+                        " FROM notifications WHERE id > ? AND id <= ?",
+                        (sink, iso(0), now, int(rows[0][0]), newest),
+                    )
+                else:
+                    cursor = await conn.execute(
+                        "INSERT OR IGNORE INTO delivery_state (sink, notification_id, alert_id, state, attempts,"
+                        " next_attempt_at, updated_at) SELECT ?, max(n.id), a.id, 'pending', 0, ?, ?"
+                        " FROM alerts a JOIN notifications n ON n.alert_id = a.id"
+                        " WHERE a.state = 'firing' AND n.id <= ? GROUP BY a.id",
+                        (sink, iso(0), now, newest),
+                    )
+                    if newest:
+                        log.info("sink {} is new: it gets the latest notification of the {} firing alert(s),"
+                                 " not the whole outbox", sink, max(cursor.rowcount, 0))  # fmt: skip
                 added += max(cursor.rowcount, 0)
+                if cursor.rowcount:
+                    await conn.execute(supersede(policy), (now, sink))
                 await conn.execute(
                     "INSERT INTO sink_cursor (sink, last_id, updated_at) VALUES (?, ?, ?)"
                     " ON CONFLICT (sink) DO UPDATE SET last_id = excluded.last_id,"
@@ -150,17 +173,11 @@ class Outbox:
         return added
 
     async def due(self, sink: str, limit: int = 1000, now: float | None = None) -> list[Item]:
-        """Pending notifications of ``sink`` whose next attempt has come, oldest first."""
+        """What ``sink`` should be sent now: per alert, the oldest pending notification, if its next
+        attempt has come; oldest first. A held round (sent, not recorded yet) decides for its own."""
         when = iso(time.time() if now is None else now)
         async with self._lock:
-            rows = await self._conn.execute_fetchall(
-                "SELECT n.id, n.key, n.transition, n.alert, n.created_at, d.attempts"
-                " FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
-                " WHERE d.sink = ? AND d.state = 'pending' AND d.next_attempt_at <= ?"
-                " ORDER BY n.id LIMIT ?",
-                (sink, when, limit),
-            )
-        # Sent but not yet recorded: what the held round decided stands (delivered is never sent twice).
+            rows = await self._conn.execute_fetchall(DUE, (sink, when, limit))
         held = self._held_states(sink)
         items = []
         for r in rows:
@@ -186,22 +203,29 @@ class Outbox:
             http = [a.http.get(c) for c in _DELIVERY_COLUMNS]
             rows.append((sink, a.item.id, a.item.attempts, a.status, a.error, iso(a.started_at),
                          iso(a.finished_at), *http))  # fmt: skip
-        updates = []
+        done, again = [], []
         for a in final.values():
-            state = a.status if a.status in ("delivered", "dead") else "pending"
-            later = a.next_attempt_at or park_until
-            updates.append((state, a.item.attempts, iso(later), a.error, now, sink, a.item.id))
-        self._held.setdefault(sink, []).append((rows, updates))
+            later = iso(a.next_attempt_at or park_until)
+            row = (a.item.attempts, later, a.error, now, sink, a.item.id)
+            if a.status in ("delivered", "dead"):
+                done.append((a.status, *row))
+            else:
+                again.append(row)
+        self._held.setdefault(sink, []).append((rows, done, again))
         await self.flush_held(sink)
 
     def held(self, sink: str | None = None) -> int:
         """Delivery attempts sent but not yet recorded (for ``sink``, or every sink)."""
         rounds = [r for name, v in self._held.items() if sink in (None, name) for r in v]
-        return sum(len(rows) for rows, _ in rounds)
+        return sum(len(rows) for rows, _, _ in rounds)
 
     def _held_states(self, sink: str) -> dict[int, tuple[str, int, str]]:
         """Each held notification's latest (state, attempts, next_attempt_at): what the database will say."""
-        return {int(u[-1]): (u[0], u[1], u[2]) for _, updates in self._held.get(sink, []) for u in updates}
+        states: dict[int, tuple[str, int, str]] = {}
+        for _, done, again in self._held.get(sink, []):
+            states |= {int(u[-1]): (u[0], u[1], u[2]) for u in done}
+            states |= {int(u[-1]): ("pending", u[0], u[1]) for u in again}
+        return states
 
     async def flush_held(self, sink: str) -> bool:
         """Commit the held rounds of ``sink``, oldest first; False if the database still refuses."""
@@ -211,26 +235,29 @@ class Outbox:
                 return True
             try:
                 async with self._transaction() as conn:
-                    for rows, updates in rounds:
+                    for rows, done, again in rounds:
                         await conn.executemany(_INSERT_DELIVERY, rows)
                         await conn.executemany(
                             "UPDATE delivery_state SET state = ?, attempts = ?, next_attempt_at = ?, reason = ?,"
                             " updated_at = ? WHERE sink = ? AND notification_id = ?",
-                            updates,
+                            done,
+                        )
+                        # Still pending, unless superseded while it was in flight: then it stays superseded.
+                        await conn.executemany(
+                            "UPDATE delivery_state SET attempts = ?, next_attempt_at = ?, reason = ?, updated_at = ?"
+                            " WHERE sink = ? AND notification_id = ? AND state = 'pending'",
+                            again,
                         )
             except StoreError as exc:
                 self._refused.add(sink)
-                log.bind(sink=sink).error(
-                    "{}: holding the deliveries sent in memory (none is sent twice); they are recorded as soon"
-                    " as the database takes writes again",
-                    exc,
-                )
+                msg = "holding the deliveries sent in memory (none is sent twice) until the database takes writes"
+                log.bind(sink=sink).error("{}: {}", exc, msg)
                 return False
             # Rounds held while this one committed stay for the next flush.
             self._held[sink] = self._held[sink][len(rounds) :]
             if sink in self._refused:
                 self._refused.discard(sink)
-                log.bind(sink=sink).info("recorded {} held delivery attempt(s)", sum(len(r) for r, _ in rounds))
+                log.bind(sink=sink).info("recorded {} held delivery attempt(s)", sum(len(r) for r, _, _ in rounds))
             return True
 
     async def observe(self, observations: Iterable[Observation]) -> int:

@@ -19,6 +19,7 @@ import orjson
 
 from agent.events import epoch, iso
 from agent.exceptions import XmppmonError
+from agent.store.changes import forward_status
 from agent.store.connection import connect_readonly
 
 _TABLES = ("events", "api_calls", "devices", "tags", "tokens", "push_feedback", "quarantine")
@@ -59,6 +60,7 @@ def read_status(path: Path) -> dict[str, Any]:
             for row in conn.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY 2 DESC LIMIT 10")
         }
         backlog, firing = _sidecar_backlog(conn)
+        forward = forward_status(conn)
     now = time.time()
     heartbeat_age = round(now - epoch(state["heartbeat"]), 1) if state.get("heartbeat") else None
     uptime = None
@@ -77,6 +79,7 @@ def read_status(path: Path) -> dict[str, Any]:
         "reconnects": _number(state.get("reconnects")),
         "firing_alerts": firing,
         "undelivered_per_sink": backlog,
+        "forward": forward,
         "subscriptions": orjson.loads(state["subscriptions"]) if state.get("subscriptions") else {},
         "events_last_minute": last_minute,
         "rows": totals,

@@ -1,11 +1,12 @@
 """Retention in SQL: one prune pass, deleting old rows in small steps between the writer's commits.
 
 A pass deletes, oldest first, ``events`` and ``api_calls`` whose ``ts`` is before the history
-cutoff, ``quarantine`` rows received before the quarantine cutoff, and notifications created
-before the deliveries cutoff that every sink is done with (with their ``delivery_state`` and
-``deliveries`` rows); then it hands the freed pages back to the file system
-(``incremental_vacuum``). Each step is one short transaction sized to take
-about ``STEP_SECONDS``, so the stream's commits never wait long behind it
+cutoff, ``state_changes`` received before it, ``quarantine`` rows received before the quarantine
+cutoff, and notifications created before the deliveries cutoff that every sink is done with (with
+their ``delivery_state`` and ``deliveries`` rows); then it hands the freed pages back to the file
+system (``incremental_vacuum``). A row the NATS forwarder has not had acknowledged is never
+deleted (``agent.store.changes.retention_guard``). Each step is one short transaction sized to
+take about ``STEP_SECONDS``, so the stream's commits never wait long behind it
 (``agent.store.upkeep`` runs the steps between commits). State tables are never pruned by age.
 """
 
@@ -16,6 +17,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import aiosqlite
+
+from agent.store.changes import retention_guard
 
 #: The time one step aims at: the stream's next commit waits at most about this long behind it.
 STEP_SECONDS = 0.004
@@ -47,7 +50,8 @@ async def prune_history(conn: aiosqlite.Connection, cutoff: str, limit: int) -> 
     try:
         for table in ("events", "api_calls"):
             cursor = await conn.execute(
-                f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE ts < ? ORDER BY ts LIMIT ?)",
+                f"DELETE FROM {table} WHERE id IN"
+                f" (SELECT id FROM {table} WHERE ts < ? AND {retention_guard(table)} ORDER BY ts LIMIT ?)",
                 (cutoff, limit - deleted),
             )
             deleted += max(cursor.rowcount, 0)
@@ -58,6 +62,20 @@ async def prune_history(conn: aiosqlite.Connection, cutoff: str, limit: int) -> 
         await conn.rollback()
         raise
     return deleted
+
+
+async def prune_state_changes(conn: aiosqlite.Connection, cutoff: str, limit: int) -> int:
+    """Delete state changes received before ``cutoff``, among the ``limit`` oldest by id.
+
+    The triggers write ``state_changes`` whether or not forwarding is on; ids follow arrival order,
+    so the oldest by id are the ones to look at, and what the forwarder has not sent stays.
+    """
+    cursor = await conn.execute(
+        "DELETE FROM state_changes WHERE id IN (SELECT id FROM state_changes"
+        f" WHERE {retention_guard('state_changes')} ORDER BY id LIMIT ?) AND received_at < ?",
+        (limit, cutoff),
+    )
+    return max(cursor.rowcount, 0)
 
 
 async def prune_quarantine(conn: aiosqlite.Connection, cutoff: str, limit: int) -> int:
@@ -83,9 +101,10 @@ async def prune_notifications(conn: aiosqlite.Connection, cutoff: str, sinks: It
         every = set(cursors) | set(sinks)
         floor = min((cursors.get(sink, 0) for sink in every), default=None)
         rows = await conn.execute_fetchall(
-            "SELECT n.id FROM notifications n WHERE n.id <= coalesce(?, n.id) AND n.created_at < ?"
-            " AND n.id NOT IN (SELECT notification_id FROM delivery_state WHERE state = 'pending')"
-            " AND n.id NOT IN (SELECT max(id) FROM notifications GROUP BY alert_id) ORDER BY n.id LIMIT ?",
+            "SELECT id FROM notifications WHERE id <= coalesce(?, id) AND created_at < ?"
+            " AND id NOT IN (SELECT notification_id FROM delivery_state WHERE state = 'pending')"
+            " AND id NOT IN (SELECT max(id) FROM notifications GROUP BY alert_id)"
+            f" AND {retention_guard('notifications')} ORDER BY id LIMIT ?",
             (floor, cutoff, limit),
         )
         ids = [int(row[0]) for row in rows]
@@ -141,6 +160,7 @@ class Pass:
         if cutoffs.history is not None:
             history = cutoffs.history
             jobs.append(("history", lambda conn, n: prune_history(conn, history, n)))
+            jobs.append(("state_changes", lambda conn, n: prune_state_changes(conn, history, n)))
         if cutoffs.quarantine is not None:
             quarantine = cutoffs.quarantine
             jobs.append(("quarantine", lambda conn, n: prune_quarantine(conn, quarantine, n)))

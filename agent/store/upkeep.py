@@ -217,9 +217,10 @@ class Upkeep:
         self.checkpointer.start()
         if any(done.values()):
             log.info(
-                "retention pass: deleted {} history row(s), {} quarantined, {} notification(s);"
+                "retention pass: deleted {} history row(s), {} state change(s), {} quarantined, {} notification(s);"
                 " returned {} free page(s) to the file system in {:.1f} s",
                 done.get("history", 0),
+                done.get("state_changes", 0),
                 done.get("quarantine", 0),
                 done.get("notifications", 0),
                 done.get("pages", 0),

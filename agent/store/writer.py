@@ -27,11 +27,13 @@ from agent.store import readers
 from agent.store.backlog import Backlog, Mark
 from agent.store.batch import Commit, write_batch
 from agent.store.connection import open_writer
+from agent.store.identity import Identity
 from agent.store.rows import Quarantined
 from agent.store.schema import SCHEMA_VERSION
 from agent.store.upkeep import Upkeep
 
 log = logger.bind(component="store")
+_SOURCES = frozenset({"api", "subscription", "session", "store", "schema"})  # the alert sources the agent raises
 
 
 class Store:
@@ -42,9 +44,11 @@ class Store:
     ) -> None:
         self.settings = settings
         #: Alert rules, evaluated in the transaction of the events that caused them (agent.alerts).
-        self.alerts = AlertRules(alerts or AlertSettings(), frozenset({"api", "subscription", "session", "store"}))
+        self.alerts = AlertRules(alerts or AlertSettings(), _SOURCES)
         self._conn = conn
         self._backlog = Backlog()
+        #: The ids stored, for an id sent again with another ts (agent.store.identity).
+        self.identity = Identity(settings.identity_window)
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -67,7 +71,8 @@ class Store:
         self.track_arrivals = False
         #: Called with True when the backlog passes ``high_water`` and False once it drains.
         self.backpressure: Callable[[bool], None] | None = None
-        self.high_water = max(50 * settings.batch_size, 100_000)
+        self.high_water = settings.max_backlog_records
+        self.high_water_bytes = settings.max_backlog_mb * 1024 * 1024
         self._over = False
         #: Retention, free space and checkpoints between commits (agent.store.upkeep).
         self.upkeep = Upkeep(settings, self.observe, self.count)
@@ -78,6 +83,11 @@ class Store:
         path = settings.path
         conn = await open_writer(path, settings.busy_timeout_ms)
         store = cls(settings, conn, alerts)
+        try:
+            await store.identity.attach(conn)
+        except BaseException:
+            await conn.close()
+            raise
         store._task = asyncio.create_task(store._run(), name="xmppmon-store-writer")
         log.info("database {} open (schema version {})", path, SCHEMA_VERSION)
         return store
@@ -92,15 +102,12 @@ class Store:
     def submit_events(self, events: list[Event], received_at: str) -> None:
         self._check_open()
         events = self.upkeep.admit(events)
-        self._backlog.events.extend((event, received_at) for event in events)
-        if self.track_arrivals:
-            self._backlog.arrivals.append(time.perf_counter())
+        self._backlog.add_events(events, received_at, time.perf_counter() if self.track_arrivals else None)
         self._poke()
 
     def submit_quarantine(self, item: Quarantined) -> None:
         self._check_open()
-        self._backlog.quarantine.append(item)
-        self._backlog.counters["quarantined"] += 1
+        self._backlog.add_quarantine(item)
         self._poke()
 
     def count(self, name: str, amount: int = 1) -> None:
@@ -113,20 +120,9 @@ class Store:
         self._backlog.state[key] = None if value is None else str(value)
         self._wake.set()
 
-    def observe(
-        self,
-        source: str,
-        code: str,
-        *,
-        app: str = "",
-        api: str = "",
-        ok: bool = False,
-        detail: str | None = None,
-    ) -> None:
-        """Record a session-health observation for the alert rules; written with the next commit.
-
-        ``ok=True`` says (source, app, api) is healthy again, which resolves its alerts.
-        """
+    def observe(self, source: str, code: str, *, app: str = "", api: str = "", ok: bool = False,
+                detail: str | None = None) -> None:  # fmt: skip
+        """Record an observation for the alert rules (``ok=True``: (source, app, api) is healthy again)."""
         self.alerts.observe(Observation(source, code, app, api, ok, detail))
         self._wake.set()
 
@@ -147,17 +143,27 @@ class Store:
         """
         self._check_open()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._backlog.marks.append(Mark(future, sm_id, handled))
+        self._backlog.add_mark(Mark(future, sm_id, handled))
         self._full.set()  # an acknowledgement is waiting: do not hold the batch open
         self._wake.set()
         return future
 
+    @property
+    def over(self) -> bool:
+        """True from the moment the backlog passes a high-water mark until it drains below a tenth."""
+        return self._over
+
+    @property
+    def backlog_bytes(self) -> int:
+        """Bytes of the records waiting (payloads and raw text, plus a per-record overhead)."""
+        return self._backlog.bytes
+
     def _poke(self) -> None:
-        pending = self._backlog.records
-        if pending >= self.settings.batch_size:
+        backlog = self._backlog
+        if backlog.records >= self.settings.batch_size:
             self._full.set()
-            if pending >= self.high_water and not self._over:
-                self._signal_backpressure(True)
+        if not self._over and (backlog.records >= self.high_water or backlog.bytes >= self.high_water_bytes):
+            self._signal_backpressure(True)
         self._wake.set()
 
     def _signal_backpressure(self, over: bool) -> None:
@@ -186,6 +192,7 @@ class Store:
             self._full.clear()
             if time.monotonic() - self._last_heartbeat >= self.settings.heartbeat_seconds:
                 self._backlog.state["heartbeat"] = utc_now()
+                self._backlog.state["writer_backlog"] = str(self.pending)  # for xmppmon top
                 self._last_heartbeat = time.monotonic()
             try:
                 self.write_started = time.monotonic()
@@ -225,9 +232,9 @@ class Store:
     async def _flush(self) -> None:
         if not self._has_work():
             return
-        taken = self._backlog.take()
+        taken = self._backlog.take(self.settings.max_commit_records)
         try:
-            written = await write_batch(self._conn, self.alerts, taken.batch)
+            written = await write_batch(self._conn, self.alerts, self.identity, taken.batch)
         except BaseException:
             self._backlog.put_back(taken)
             self.alerts.rollback()
@@ -235,8 +242,12 @@ class Store:
                 await self._conn.rollback()
             raise
         self.committed_events += written.appended + written.upserted
-        if self._over and self.pending < self.high_water // 10:
+        backlog = self._backlog
+        if self._over and backlog.records < self.high_water // 10 and backlog.bytes < self.high_water_bytes // 10:
             self._signal_backpressure(False)
+        if backlog.records:
+            self._full.set()  # more than one commit's worth was waiting: go on at once
+            self._wake.set()
         self.last_commit = time.monotonic()
         if not self.healthy:
             log.info("database writes recovered; committed {} pending record(s)", len(taken.batch.events))
@@ -245,7 +256,7 @@ class Store:
         for mark in taken.marks:
             if not mark.future.done():
                 mark.future.set_result(None)
-        written.arrivals = taken.arrivals
+        written.arrivals = [t for _, t in taken.arrivals]
         for listener in self.on_commit:
             listener(written)
 
@@ -274,11 +285,8 @@ class Store:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
-                log.error(
-                    "could not commit {} record(s) before closing; the server keeps the"
-                    " unacknowledged ones for redelivery",
-                    self.pending,
-                )
+                log.error("could not commit {} record(s) before closing; the server keeps the"
+                          " unacknowledged ones for redelivery", self.pending)  # fmt: skip
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task

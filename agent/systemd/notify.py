@@ -1,4 +1,4 @@
-"""sd_notify for ``Type=notify`` units: READY, STATUS, WATCHDOG and STOPPING.
+"""sd_notify for ``Type=notify`` units: READY, STATUS, WATCHDOG, RELOADING and STOPPING.
 
 The protocol is one datagram of ``KEY=value`` lines sent to the AF_UNIX socket named in
 ``$NOTIFY_SOCKET`` (a leading ``@`` means the abstract namespace). It is a dozen lines, so it is
@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 
 from loguru import logger
 
@@ -31,6 +32,8 @@ class Notifier:
             self.address = b"\0" + address[1:].encode() if address.startswith("@") else address
         self._sock: socket.socket | None = None
         self._warned = False
+        #: READY=1 was sent: from then on a reload says RELOADING=1 and READY=1 again.
+        self.ready_sent = False
 
     @property
     def enabled(self) -> bool:
@@ -52,7 +55,17 @@ class Notifier:
         return True
 
     def ready(self, status: str) -> bool:
+        self.ready_sent = True
         return self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+
+    def reloading(self, status: str = "reloading the settings") -> bool:
+        """RELOADING=1, with the CLOCK_MONOTONIC time that systemd 253+ wants (252 ignores the field)."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", f"STATUS={status}")
+
+    def reloaded(self, status: str) -> bool:
+        """READY=1 again: the reload is over (applied or refused)."""
+        return self.notify("READY=1", f"STATUS={status}")
 
     def status(self, status: str) -> bool:
         return self.notify(f"STATUS={status}")

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from agent.health import Health, WriterHealth
 from agent.store.readers import firing_count
 from agent.systemd.notify import Notifier, watchdog_interval
 
@@ -25,45 +25,22 @@ if TYPE_CHECKING:
 
 log = logger.bind(component="systemd")
 
+__all__ = ["STATUS_EVERY", "WriterHealth", "supervise"]
+
 #: How often STATUS= is refreshed (the events-per-minute figure is over the last minute).
 STATUS_EVERY = 10.0
 
 
-@dataclass
-class WriterHealth:
-    """Whether the store's writer is alive, for the watchdog.
-
-    Wedged means stuck, not failing: one write has been in progress for ``stall_after`` seconds
-    (blocked inside SQLite or its thread), or records have waited that long with no write even
-    attempted (the writer task is gone). A writer whose commits fail and that keeps retrying (disk
-    full, a lock held past busy_timeout) is not wedged: a restart cannot free the disk, it would
-    only crash-loop; the failure is reported by STATUS, the log and the ``store_failing`` alert.
-    """
-
-    stall_after: float
-    reason: str = field(default="")
-    failing: str = field(default="")
-
-    def check(self, store: Store, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        self.failing = "" if store.healthy else (store.last_error or "database writes are failing")
-        started = store.write_started
-        if started is not None and now - started > self.stall_after:
-            self.reason = f"a database write has been blocked for {now - started:.0f} s"
-            return False
-        if started is None and store.pending and now - store.last_attempt > self.stall_after:
-            self.reason = (
-                f"no database write attempted for {now - store.last_attempt:.0f} s with {store.pending} records waiting"
-            )
-            return False
-        self.reason = ""
-        return True
-
-
 async def _session_state(store: Store) -> str:
+    """The stored session state, or "" when it cannot be read (logged with the reason; the log's
+    repeat filter shows an identical line once per window)."""
     try:
         state = await asyncio.wait_for(store.read_state(), 2.0)
-    except Exception:
+    except TimeoutError:
+        log.warning("cannot read the session state for READY: the database did not answer within 2 s")
+        return ""
+    except Exception as exc:  # READY must not depend on it: without a state, the timeout decides
+        log.warning("cannot read the session state for READY: {}: {}", type(exc).__name__, exc)
         return ""
     return state.get("session") or ""
 
@@ -74,11 +51,15 @@ async def supervise(
     session: MonitorSession,
     stop: asyncio.Event,
     ready_timeout: float = 30.0,
+    health: Health | None = None,
 ) -> None:
-    """Tell systemd about the agent until ``stop`` is set; then send STOPPING=1."""
+    """Tell systemd about the agent until ``stop`` is set; then send STOPPING=1.
+
+    ``health`` is the object ``/readyz`` reads too (:mod:`agent.health`); one is made if not given.
+    """
     interval = watchdog_interval()
     tick = min(interval / 2, 1.0) if interval else 1.0
-    health = WriterHealth(stall_after=store.settings.stall_seconds)
+    health = health or Health(store, session)
     started = time.monotonic()
     ready = False
     last_ping = last_status = 0.0
@@ -98,17 +79,18 @@ async def supervise(
                     notifier.ready(f"server unreachable, {state or 'connecting'}")
                     ready = True
                     log.info("ready: the server is unreachable; retrying in the background")
-            healthy = health.check(store, now)
+            healthy = health.alive(now)
             if healthy and interval and now - last_ping >= interval:
                 notifier.watchdog()
                 last_ping = now
             if healthy == wedged:  # log each change once
                 wedged = not healthy
                 if wedged:
-                    log.error("writer wedged ({}): no longer feeding the systemd watchdog", health.reason)
+                    log.error("writer wedged ({}): no longer feeding the systemd watchdog", health.writer.reason)
                 else:
                     log.info("writer healthy again: feeding the systemd watchdog")
-            if ready and (now - last_status >= STATUS_EVERY or wedged or (health.failing and now - last_status >= 1.0)):
+            failing = health.writer.failing
+            if ready and (now - last_status >= STATUS_EVERY or wedged or (failing and now - last_status >= 1.0)):
                 counted = [c for c in counted if now - c[0] <= 60.0] + [(now, store.committed_events)]
                 per_minute = (counted[-1][1] - counted[0][1]) * 60.0 / max(now - counted[0][0], 1.0)
                 firing = await asyncio.to_thread(firing_count, store.settings.path)
@@ -117,9 +99,9 @@ async def supervise(
                 if firing is not None:
                     text += f"; {firing} alert(s) firing"
                 if wedged:
-                    text += f"; WRITER WEDGED: {health.reason}"
-                elif health.failing:
-                    text += f"; DATABASE FAILING, retrying (events wait on the server): {health.failing}"
+                    text += f"; WRITER WEDGED: {health.writer.reason}"
+                elif health.writer.failing:
+                    text += f"; DATABASE FAILING, retrying (events wait on the server): {health.writer.failing}"
                 notifier.status(text)
                 last_status = now
             with contextlib.suppress(TimeoutError):

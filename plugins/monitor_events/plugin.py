@@ -19,7 +19,7 @@ from slixmpp.xmlstream import StanzaBase
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from agent.plugin import Event, InvalidEvent, Quarantined, Store, parse_event, utc_now
+from agent.plugin import Event, InvalidEvent, Quarantined, Store, normalise_ts, parse_event, utc_now
 
 log = logger.bind(component="plugin.monitor_events")
 
@@ -54,8 +54,12 @@ class MonitorEvents(BasePlugin):
         self._monitor = str(self.monitor_jid).lower()
         self._foreign_dropped = 0
         self._foreign_logged_at = 0.0
-        #: Newest archive (XEP-0313) id seen from the Monitor API; MAM catch-up starts after it.
-        self.last_archive_id: str | None = None
+        #: Set by the session (agent.plugin.Recovering): whether a live message's archive id may
+        #: advance the stored archive position (only while the live stream continues the archive).
+        self.track_live = False
+        #: Set by the session: whether the current stream was resumed (its delayed stanzas are the
+        #: server's replay) or is a new session (its delayed stanzas come from offline storage).
+        self.resumed_stream = False
         #: Events recovered per path since the last reset: resume, offline, mam.
         self.recovered: Counter[str] = Counter()
         ns = self.xmpp.default_ns
@@ -74,7 +78,7 @@ class MonitorEvents(BasePlugin):
         return str(self.xmpp.boundjid.bare).lower()
 
     def _on_message(self, msg: StanzaBase) -> None:
-        self._process(msg.xml, via=None, archive_id=None)
+        self._process(msg.xml, via=None, archive_id=None, archived_at=None)
 
     def _on_archived(self, msg: StanzaBase) -> None:
         """A message replayed from our own archive (XEP-0313): unwrap it and process the original."""
@@ -84,12 +88,14 @@ class MonitorEvents(BasePlugin):
             self._foreign(sender)  # only our own server may replay our archive
             return
         result = outer.find(f"{{{MAM_NS}}}result")
-        inner = None if result is None else result.find(f"{{{FORWARD_NS}}}forwarded/{{{self.xmpp.default_ns}}}message")
-        if result is None or inner is None or inner.find(self._tag) is None:
+        forwarded = None if result is None else result.find(f"{{{FORWARD_NS}}}forwarded")
+        inner = None if forwarded is None else forwarded.find(f"{{{self.xmpp.default_ns}}}message")
+        if result is None or forwarded is None or inner is None or inner.find(self._tag) is None:
             return
-        self._process(inner, via="mam", archive_id=result.get("id"))
+        delay = forwarded.find(f"{{{DELAY_NS}}}delay")
+        self._process(inner, via="mam", archive_id=result.get("id"), archived_at=archive_time(delay))
 
-    def _process(self, xml: ET.Element, via: str | None, archive_id: str | None) -> None:
+    def _process(self, xml: ET.Element, via: str | None, archive_id: str | None, archived_at: str | None) -> None:
         sender = xml.get("from") or ""
         store: Store = self.store
         store.count("stanzas")
@@ -131,21 +137,24 @@ class MonitorEvents(BasePlugin):
             if via is not None:
                 self.recovered[via] += len(valid)
                 store.count(f"events_via_{via}", len(valid))
-        if archive_id:
-            # Written in the same commit as this stanza's events, so it never runs ahead of them.
-            self.last_archive_id = archive_id
+        if archive_id and (via == "mam" or self.track_live):
+            # Written in the same commit as this stanza's events, so it never runs ahead of them;
+            # archived replays come in archive order, live messages only count without a gap.
             store.set_state("mam_last_id", archive_id)
+            store.set_state("mam_last_at", archived_at or received_at)
 
     def _delivery_path(self, xml: ET.Element) -> str | None:
-        """None for live delivery; 'resume' or 'offline' for a delayed one (XEP-0203 delay's from).
+        """None for live delivery; 'resume' or 'offline' for a delayed one (XEP-0203).
 
-        Prosody stamps stanzas replayed by stream resumption with our bare JID, and those from
-        offline storage with the server's domain.
+        Servers mark the two differently (Prosody: the delay's ``from`` is our bare JID for a
+        resumption's replay and the domain for offline storage; ejabberd: the domain for both, with
+        the text "Resent" or "Offline Storage", and "Resent" also on a queue that went to offline
+        storage). What decides is the stream: offline storage is flushed only into a new session,
+        a resumption's replay only into a resumed stream.
         """
-        delay = xml.find(f"{{{DELAY_NS}}}delay")
-        if delay is None:
+        if xml.find(f"{{{DELAY_NS}}}delay") is None:
             return None
-        return "resume" if (delay.get("from") or "").lower() == self._own_bare() else "offline"
+        return "resume" if self.resumed_stream else "offline"
 
     def _foreign(self, sender: str) -> None:
         self.store.count("foreign_stanzas")
@@ -160,6 +169,17 @@ class MonitorEvents(BasePlugin):
             )
             self._foreign_dropped = 0
             self._foreign_logged_at = now
+
+
+def archive_time(delay: ET.Element | None) -> str | None:
+    """The archive time of a MAM result (its XEP-0203 delay stamp), in the store's format."""
+    stamp = None if delay is None else delay.get("stamp")
+    if not stamp:
+        return None
+    try:
+        return normalise_ts(stamp)
+    except ValueError:
+        return None
 
 
 def _raw(element: ET.Element) -> str:

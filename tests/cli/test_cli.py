@@ -41,7 +41,8 @@ async def test_status_json_has_the_operator_fields(tmp_path: Path) -> None:
         conn.executemany("INSERT INTO notifications (key, alert_id, transition, alert, created_at) VALUES (?, 1, 'firing', '{}', 'x')",
                          [("k1",), ("k2",), ("k3",)])  # fmt: skip
         conn.execute("INSERT INTO sink_cursor VALUES ('webhook', 1, NULL, 'x'), ('alertmanager', 3, NULL, 'x')")
-        conn.execute("INSERT INTO delivery_state VALUES ('webhook', 1, 'pending', 1, 'x', NULL, 'x')")
+        conn.execute("INSERT INTO delivery_state (sink, notification_id, state, attempts, next_attempt_at, reason,"
+                     " updated_at) VALUES ('webhook', 1, 'pending', 1, 'x', NULL, 'x')")  # fmt: skip
     conn.close()
     result = cli("status", "--json", "--database", str(db))
     assert result.returncode == 0, result.stderr

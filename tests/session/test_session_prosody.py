@@ -1,17 +1,16 @@
-"""The agent against a real Prosody and the emulated Monitor API: subscribe, store, survive."""
+"""The agent against a real server (Prosody, then ejabberd) and the emulated Monitor API: subscribe, store, survive."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
-import pytest
 from slixmpp import ClientXMPP
 
 from agent.app import run_agent
 from agent.exceptions import SessionError
 from agent.lab import emulator
-from agent.lab.prosody import ProsodyServer
+from agent.lab.servers import XmppServer
 
 from ..conftest import (
     agent_state,
@@ -23,8 +22,6 @@ from ..conftest import (
     wait_until,
 )
 
-pytestmark = pytest.mark.prosody
-
 
 def sent_ids(log: Path) -> dict[str, str]:
     """Event id -> kind, from the emulator's event log."""
@@ -35,7 +32,7 @@ def connected(db: Path) -> bool:
     return (agent_state(db, "session") or "").startswith("connected")
 
 
-async def test_subscription_success_and_refusals(prosody: ProsodyServer, tmp_path: Path) -> None:
+async def test_subscription_success_and_refusals(xmpp_server: XmppServer, tmp_path: Path) -> None:
     """Apps are subscribed after the session starts; each refusal is recorded with its XEP-0086 code."""
     db = tmp_path / "m.db"
     apps = [
@@ -44,8 +41,8 @@ async def test_subscription_success_and_refusals(prosody: ProsodyServer, tmp_pat
         {"app": "billing", "key": "b"},
         {"app": "nosuch", "key": "x"},
     ]
-    settings = make_settings(prosody, db, new_account(prosody), monitor={"apps": apps[1:]})
-    options = emulator_options(prosody, apps={"demo": "demo-key", "billing": "b"}, refuse={"billing": 402})
+    settings = make_settings(xmpp_server, db, new_account(xmpp_server), monitor={"apps": apps[1:]})
+    options = emulator_options(xmpp_server, apps={"demo": "demo-key", "billing": "b"}, refuse={"billing": 402})
     stop = asyncio.Event()
     async with running(emulator.run(options, stop)), running(run_agent(settings, stop)) as agent:
         subs = await wait_until(lambda: agent_state(db, "subscriptions"), what="subscriptions")
@@ -56,23 +53,23 @@ async def test_subscription_success_and_refusals(prosody: ProsodyServer, tmp_pat
     assert '"nosuch":"item-not-found (404)"' in subs
 
     db2 = tmp_path / "ok.db"
-    settings = make_settings(prosody, db2, new_account(prosody), monitor={"apps": apps[:1]})
+    settings = make_settings(xmpp_server, db2, new_account(xmpp_server), monitor={"apps": apps[:1]})
     stop = asyncio.Event()
-    async with running(emulator.run(emulator_options(prosody), stop)), running(run_agent(settings, stop)) as agent:
+    async with running(emulator.run(emulator_options(xmpp_server), stop)), running(run_agent(settings, stop)) as agent:
         await wait_until(lambda: agent_state(db2, "subscriptions") == '{"demo":"ok"}', what="ok")
         stop.set()
         await asyncio.wait_for(agent, 15)
 
 
 async def test_every_kind_lands_exactly_once_with_malformed_and_duplicates(
-    prosody: ProsodyServer, tmp_path: Path
+    xmpp_server: XmppServer, tmp_path: Path
 ) -> None:
     """A mixed stream lands in its tables once each; malformed events go to quarantine, duplicates vanish."""
     db, log = tmp_path / "m.db", tmp_path / "sent.log"
-    account = new_account(prosody)
-    settings = make_settings(prosody, db, account)
+    account = new_account(xmpp_server)
+    settings = make_settings(xmpp_server, db, account)
     options = emulator_options(
-        prosody, to=[account[0]], count=3000, batch=20, rate=0, malformed=0.02,
+        xmpp_server, to=[account[0]], count=3000, batch=20, rate=0, malformed=0.02,
         duplicates=0.05, event_log=log, seed=7, start_delay=0.5,
     )  # fmt: skip
     stop = asyncio.Event()
@@ -105,18 +102,18 @@ async def test_every_kind_lands_exactly_once_with_malformed_and_duplicates(
     assert "not valid JSON" in reasons and "unknown kind" in reasons
 
 
-async def test_foreign_sender_is_dropped_and_counted(prosody: ProsodyServer, tmp_path: Path) -> None:
+async def test_foreign_sender_is_dropped_and_counted(xmpp_server: XmppServer, tmp_path: Path) -> None:
     """An event stanza from a JID other than the Monitor service is counted and never stored."""
     db = tmp_path / "m.db"
-    account = new_account(prosody)
-    intruder_jid, intruder_pw = new_account(prosody)
+    account = new_account(xmpp_server)
+    intruder_jid, intruder_pw = new_account(xmpp_server)
     stop = asyncio.Event()
-    async with running(run_agent(make_settings(prosody, db, account), stop)) as agent:
+    async with running(run_agent(make_settings(xmpp_server, db, account), stop)) as agent:
         await wait_until(lambda: connected(db), what="session")
         intruder = ClientXMPP(intruder_jid, intruder_pw)
-        intruder.ca_certs = prosody.ca_file
+        intruder.ca_certs = xmpp_server.ca_file
         intruder.enable_direct_tls = False
-        intruder.connect(host="127.0.0.1", port=prosody.c2s_port)
+        intruder.connect(host="127.0.0.1", port=xmpp_server.c2s_port)
         await intruder.wait_until("session_start", 10)
         raw = (
             f"<message to='{account[0]}/xmppmon'><event xmlns='urn:xmppmon:monitor:1' id='evil-1'"
@@ -136,10 +133,10 @@ async def test_foreign_sender_is_dropped_and_counted(prosody: ProsodyServer, tmp
     assert db_value(db, "SELECT count(*) FROM quarantine") == 0
 
 
-async def test_keepalive_pings_are_answered(prosody: ProsodyServer, tmp_path: Path) -> None:
+async def test_keepalive_pings_are_answered(xmpp_server: XmppServer, tmp_path: Path) -> None:
     """With a 1 s interval the agent pings the server repeatedly and records each round trip."""
     db = tmp_path / "m.db"
-    settings = make_settings(prosody, db, new_account(prosody), keepalive={"interval": 0.5, "timeout": 2})
+    settings = make_settings(xmpp_server, db, new_account(xmpp_server), keepalive={"interval": 0.5, "timeout": 2})
     stop = asyncio.Event()
     async with running(run_agent(settings, stop)) as agent:
         first = await wait_until(lambda: agent_state(db, "last_ping_at"), what="first ping")
@@ -149,9 +146,9 @@ async def test_keepalive_pings_are_answered(prosody: ProsodyServer, tmp_path: Pa
     assert float(agent_state(db, "last_ping_rtt_ms") or "nan") < 2000
 
 
-async def test_recovers_from_frozen_server_and_resumes(private_prosody: ProsodyServer, tmp_path: Path) -> None:
+async def test_recovers_from_frozen_server_and_resumes(private_xmpp_server: XmppServer, tmp_path: Path) -> None:
     """A server frozen past interval+timeout is detected, and the stream resumes once it thaws."""
-    server, db, log = private_prosody, tmp_path / "m.db", tmp_path / "sent.log"
+    server, db, log = private_xmpp_server, tmp_path / "m.db", tmp_path / "sent.log"
     account = new_account(server)
     settings = make_settings(server, db, account, keepalive={"interval": 0.5, "timeout": 1})
     stop = asyncio.Event()
@@ -176,9 +173,9 @@ async def test_recovers_from_frozen_server_and_resumes(private_prosody: ProsodyS
     assert report.events_sent == 200
 
 
-async def test_recovers_from_killed_and_restarted_server(private_prosody: ProsodyServer, tmp_path: Path) -> None:
+async def test_recovers_from_killed_and_restarted_server(private_xmpp_server: XmppServer, tmp_path: Path) -> None:
     """After the server is killed and restarted, the agent reconnects with a new session and resubscribes."""
-    server, db = private_prosody, tmp_path / "m.db"
+    server, db = private_xmpp_server, tmp_path / "m.db"
     settings = make_settings(server, db, new_account(server))
     stop = asyncio.Event()
     emu = asyncio.ensure_future(emulator.run(emulator_options(server), stop))
@@ -199,10 +196,10 @@ async def test_recovers_from_killed_and_restarted_server(private_prosody: Prosod
 
 
 async def test_server_frozen_during_negotiation_times_out_then_connects(
-    private_prosody: ProsodyServer, tmp_path: Path
+    private_xmpp_server: XmppServer, tmp_path: Path
 ) -> None:
     """A server that accepts TCP but never negotiates is given up on, and connected to once it thaws."""
-    server, db = private_prosody, tmp_path / "m.db"
+    server, db = private_xmpp_server, tmp_path / "m.db"
     settings = make_settings(server, db, new_account(server), xmpp={"negotiation_timeout": 1})
     stop = asyncio.Event()
     server.freeze()
@@ -219,11 +216,11 @@ async def test_server_frozen_during_negotiation_times_out_then_connects(
         server.thaw()
 
 
-async def test_wrong_password_is_reported_and_retried(prosody: ProsodyServer, tmp_path: Path) -> None:
+async def test_wrong_password_is_reported_and_retried(xmpp_server: XmppServer, tmp_path: Path) -> None:
     """A refused password is one clear error in the state, and the agent keeps running."""
     db = tmp_path / "m.db"
-    jid, _ = new_account(prosody)
-    settings = make_settings(prosody, db, (jid, "not-the-password"))
+    jid, _ = new_account(xmpp_server)
+    settings = make_settings(xmpp_server, db, (jid, "not-the-password"))
     stop = asyncio.Event()
     async with running(run_agent(settings, stop)) as agent:
         await wait_until(lambda: "refused the password" in (agent_state(db, "last_error") or ""), what="auth")

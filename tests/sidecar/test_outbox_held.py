@@ -40,7 +40,7 @@ async def test_a_refused_record_is_held_followed_and_written_later(tmp_path: Pat
     outbox = await Outbox.open(db, AlertSettings(), busy_timeout_ms=50)
     blocker = sqlite3.connect(db, isolation_level=None)
     try:
-        await outbox.sync(["w"])
+        await outbox.sync({"w": "ordered"})  # int: each sink with its delivery order
         first, second = await outbox.due("w")
         blocker.execute("BEGIN IMMEDIATE")  # the database takes no write (as on a full disk)
         now = time.time()

@@ -122,12 +122,14 @@ async def test_alertmanager_receives_firing_then_resolved(tmp_path: Path, alertm
 
 
 def xmpp_sidecar_settings(path: Path, server: ProsodyServer, sink: dict[str, Any]) -> Settings:
-    """Sidecar settings with one XMPP sink, logged in as sidecar@localhost on ``server``."""
+    """Sidecar settings with one XMPP sink on its own account, sidecar@localhost, on ``server`` (the agent's
+    account is another one: the sink may not share it)."""
     return Settings(
         store=StoreSettings(path=path),
-        xmpp={"jid": "sidecar@localhost", "password": "sidecar-pass", "host": "127.0.0.1",
+        xmpp={"jid": "agent@localhost", "password": "agent-pass", "host": "127.0.0.1",
               "port": server.c2s_port, "ca_file": server.ca_file, "negotiation_timeout": 10},
-        sidecar={"sinks": [sink], "poll_seconds": 0.05, "agent_down_after": 3600},
+        sidecar={"sinks": [{"jid": "sidecar@localhost", "password": "sidecar-pass", **sink}], "poll_seconds": 0.05,
+                 "agent_down_after": 3600},
     )  # fmt: skip
 
 

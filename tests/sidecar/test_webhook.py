@@ -183,9 +183,12 @@ async def test_207_retries_only_failed_items_and_dead_letters_item_400(tmp_path:
     recorder = Recorder(lambda _: partial, ok)
     server.expect_request("/alerts").respond_with_handler(recorder)
     await run_until(settings_for(path, webhook(server)), delivered(path))
-    assert [len(m) for m, _, _ in recorder.requests] == [3, 1]
+    assert [len(m) for m, _, _ in recorder.requests][:2] == [3, 1]
     assert recorder.requests[1][0][0]["id"] == keys[1]
-    assert states(path) == {keys[0]: "delivered", keys[1]: "delivered", keys[2]: "dead"}
+    # Anything later is the dead_letter alert the dead item raised (test_dead_letter.py).
+    assert all(m["alert"]["code"] == "dead_letter" for msgs, _, _ in recorder.requests[2:] for m in msgs)
+    assert {k: v for k, v in states(path).items() if k in keys} == {
+        keys[0]: "delivered", keys[1]: "delivered", keys[2]: "dead"}  # fmt: skip
     reason = query(path, "SELECT reason FROM delivery_state WHERE state = 'dead'")[0][0]
     assert "bad field" in reason
 
@@ -312,8 +315,9 @@ async def test_400_on_single_item_is_dead_lettered(tmp_path: Path, server: HTTPS
     )
     server.expect_request("/alerts").respond_with_handler(recorder)
     await run_until(settings_for(path, webhook(server)), delivered(path))
-    result = states(path)
-    assert result.pop(keys[2]) == "dead" and set(result.values()) == {"delivered"}
+    # Only the four: the dead_letter alert the bad item raises may still be on its way (test_dead_letter.py).
+    result = {k: v for k, v in states(path).items() if k in keys}
+    assert result.pop(keys[2]) == "dead" and set(result.values()) == {"delivered"} and len(result) == 3
     assert "app2 is refused" in query(path, "SELECT reason FROM delivery_state WHERE state = 'dead'")[0][0]
 
 

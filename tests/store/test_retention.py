@@ -137,7 +137,8 @@ async def test_pass_prunes_aged_rows_and_keeps_the_rest(tmp_path: Path) -> None:
     try:
         fresh = [event(n, now - 5, "activity" if n % 2 else "api") for n in range(1, 201)]
         aging = [event(n, now - 30 * DAY + 1.5, "activity" if n % 2 else "api") for n in range(1001, 1301)]
-        store.submit_events([*fresh, *aging, event(9, now - 30 * DAY + 1.5, "device")], iso(now))
+        # Aging first: retention always keeps the newest row of a table (agent.store.changes.retention_guard).
+        store.submit_events([*aging, *fresh, event(9, now - 30 * DAY + 1.5, "device")], iso(now))
         for n, age in enumerate((11 * DAY, 11 * DAY, 1 * DAY)):
             store.submit_quarantine(Quarantined("bad", f"<event n='{n}'/>", None, None, None, iso(now - age)))
         await store.barrier()
@@ -159,7 +160,7 @@ async def test_redelivery_inside_the_window_is_absorbed_after_a_pass(tmp_path: P
     store = await open_store(db, history_days=1)
     try:
         young, aging = event(1, now - 60), event(2, now - DAY + 1.5)
-        store.submit_events([young, aging], iso(now))
+        store.submit_events([aging, young], iso(now))  # the newest row always stays: aging first
         await store.barrier()
         await asyncio.sleep(2.6)
         assert (await run_pass(store))["history"] == 1
@@ -204,7 +205,7 @@ async def _notification_db(db: Path, sinks: dict[str, int], pending: set[int], d
         for sink, last in sinks.items():
             if n <= last:
                 state = "pending" if n in pending else "delivered"
-                conn.execute("INSERT INTO delivery_state VALUES (?, ?, ?, 1, ?, NULL, ?)",
+                conn.execute("INSERT INTO delivery_state VALUES (?, ?, ?, 1, ?, NULL, ?, 1)",
                              (sink, n, state, created, created))  # fmt: skip
                 conn.execute("INSERT INTO deliveries (sink, notification_id, attempt, status, started_at,"
                              " finished_at) VALUES (?, ?, 1, ?, ?, ?)", (sink, n, state, created, created))  # fmt: skip

@@ -118,7 +118,7 @@ async def test_sidecar_connection_releases_the_wal_between_rounds(db: Path) -> N
     """The sidecar's connection, kept open, holds no read transaction after its reads."""
     outbox = await Outbox.open(db, AlertSettings())
     try:
-        await outbox.sync(["webhook"])
+        await outbox.sync({"webhook": "ordered"})  # int: each sink with its delivery order
         assert await outbox.due("webhook") == []
         await outbox.heartbeat()
         write_more(db, 3, 200)

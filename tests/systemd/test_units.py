@@ -31,7 +31,9 @@ def systemd_analyze() -> str:
     return path
 
 
-@pytest.fixture(params=["xmppmon-agent.service", "xmppmon-sidecar.service", "xmppmon-agent@.service"])
+@pytest.fixture(
+    params=["xmppmon-agent.service", "xmppmon-sidecar.service", "xmppmon-agent@.service", "xmppmon-sidecar@.service"]
+)
 def unit(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return installed_copy(tmp_path, request.param)
 
@@ -67,14 +69,26 @@ def test_units_carry_the_required_settings() -> None:
         "ProtectKernelModules=yes", "ProtectKernelLogs=yes", "ProtectControlGroups=yes",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6", "SystemCallFilter=@system-service",
         "CapabilityBoundingSet=\n", "Restart=on-failure", "RestartSec=", "TimeoutStopSec=",
-        "LoadCredential=xmpp__password:",
     ]  # fmt: skip
     for name in ("xmppmon-agent.service", "xmppmon-sidecar.service", "xmppmon-agent@.service"):
         text = (UNITS / name).read_text()
-        missing = [setting for setting in required if setting not in text]
+        # The agent's password is the agent's alone: an xmpp sink has an account of its own (in sidecar__sinks).
+        credential = "LoadCredential=sidecar__sinks:" if "sidecar" in name else "LoadCredential=xmpp__password:"
+        missing = [setting for setting in [*required, credential] if setting not in text]
         assert not missing, f"{name} lacks {missing}"
         assert "PASSWORD=" not in text.upper().replace("XMPP__PASSWORD:", "")
     agent = (UNITS / "xmppmon-agent@.service").read_text()
     assert "Type=notify" in agent and "WatchdogSec=" in agent
     assert "/etc/xmppmon/%i.toml" in agent and "/var/lib/xmppmon/%i.db" in agent
-    assert "ExecStart=/usr/bin/xmppmon sidecar" in (UNITS / "xmppmon-sidecar.service").read_text()
+    sidecar = (UNITS / "xmppmon-sidecar.service").read_text()
+    assert "ExecStart=/usr/bin/xmppmon sidecar" in sidecar
+    assert "LoadCredential=xmpp__password" not in sidecar
+
+
+def test_units_reload_with_sighup() -> None:
+    """`systemctl reload` sends SIGHUP to the main process of each unit (agent.reload re-reads the settings)."""
+    for name in ("xmppmon-agent.service", "xmppmon-sidecar.service", "xmppmon-agent@.service"):
+        lines = (UNITS / name).read_text().splitlines()
+        assert [line for line in lines if line.startswith("ExecReload=")] == ["ExecReload=/bin/kill -HUP $MAINPID"], (
+            name
+        )

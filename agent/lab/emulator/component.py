@@ -241,8 +241,20 @@ async def run(options: EmulatorOptions, stop: asyncio.Event | None = None) -> Em
             report.elapsed,
         )
         if xmpp.transport is not None:
-            # The server closes its stream only after processing everything before our footer.
-            await xmpp.disconnect(wait=10.0)
+            # The server closes its stream only after processing everything before our footer. A
+            # busy server (archiving thousands of stanzas) may take a while; aborting earlier would
+            # make it drop what it has not read yet, and the event log would list events that
+            # never reached it.
+            closed = asyncio.Event()
+            xmpp.add_event_handler("disconnected", lambda _e: closed.set())
+            wait = max(10.0, report.stanzas_sent / 50)
+            await xmpp.disconnect(wait=wait)
+            if not closed.is_set():
+                logger.error(
+                    "The server did not close its stream within {:.0f} s: the last events sent may not have"
+                    " reached it.",
+                    wait,
+                )
     finally:
         if log is not None:
             log.close()

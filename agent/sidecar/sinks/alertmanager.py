@@ -16,6 +16,7 @@ from loguru import logger
 from agent.config import AlertmanagerSink
 from agent.sidecar.http import HttpSink
 from agent.store.outbox import Item
+from agent.store.sequencing import Policy
 
 log = logger.bind(component="sidecar")
 
@@ -47,6 +48,8 @@ class AlertmanagerRelay(HttpSink):
     """Posts notifications as alerts; a 2xx from Alertmanager confirms them."""
 
     cfg: AlertmanagerSink
+    #: Alertmanager keeps only an alert's current state: the newest pending notification replaces older ones.
+    order: Policy = "latest"
 
     @property
     def url(self) -> str:

@@ -1,8 +1,11 @@
 """The XMPP sink: a message per notification to operator JIDs and/or a MUC room.
 
-It has its own XMPP connection (the agent's account with the resource ``xmppmon-sidecar`` unless
-the sink names another). A notification is delivered once every message for it was acknowledged
-by the server (XEP-0198 ``<a/>`` covering it) or the recipient sent a receipt (XEP-0184).
+It has its own XMPP connection on an account of its own (``jid``/``password``, resource
+``xmppmon-sidecar``), on the agent's server settings (host, port, CA). Never the agent's account:
+the sink's initial presence would make the server flush the agent's offline messages to the sink,
+which drops them; :func:`check_account` refuses it at start-up. A notification is delivered once
+every message for it was acknowledged by the server (XEP-0198 ``<a/>`` covering it) or the
+recipient sent a receipt (XEP-0184).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from loguru import logger
 from slixmpp import JID, ClientXMPP
 
 from agent.config import Settings, XmppSink
+from agent.exceptions import ConfigError
 from agent.sidecar.http import Round
 from agent.store.outbox import Attempt, Item
+from agent.store.sequencing import Policy
 
 log = logger.bind(component="sidecar")
 
@@ -37,14 +42,30 @@ def text(message: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def check_account(name: str, cfg: XmppSink, settings: Settings) -> tuple[str, str]:
+    """The sink's bare JID and password; ConfigError if it has none or it is the agent's account."""
+    if not cfg.jid or cfg.password is None:  # the settings model already requires both
+        raise ConfigError(f"xmpp sink {name!r} in XMPPMON_SIDECAR__SINKS needs an account of its own (jid, password)")
+    bare = JID(cfg.jid).bare
+    if bare == JID(settings.xmpp.jid).bare:
+        raise ConfigError(
+            f"xmpp sink {name!r} in XMPPMON_SIDECAR__SINKS logs in as {bare}, the agent's own account"
+            " (XMPPMON_XMPP__JID): give the sink an account of its own, or its presence would draw"
+            " the agent's offline messages"
+        )
+    return bare, cfg.password.get_secret_value()
+
+
 class XmppRelay:
     """One slixmpp client kept connected; :meth:`deliver` waits for acks or receipts."""
 
+    #: People read these: every transition, in order (a pending repeat may be superseded).
+    order: Policy = "ordered"
+
     def __init__(self, name: str, cfg: XmppSink, settings: Settings) -> None:
         self.name, self.cfg, self.settings = name, cfg, settings
-        jid = cfg.jid or settings.xmpp.jid
-        password = (cfg.password or settings.xmpp.password).get_secret_value()
-        self.client = ClientXMPP(f"{jid.split('/')[0]}/{cfg.resource}", password)
+        jid, password = check_account(name, cfg, settings)
+        self.client = ClientXMPP(f"{jid}/{cfg.resource}", password)
         self.client.enable_direct_tls = False
         self.client.enable_starttls = True
         self.client.enable_plaintext = False
