@@ -35,6 +35,7 @@ class App:
 async def lifespan(settings: Settings) -> AsyncIterator[App]:
     """``async with lifespan(settings) as app``: the store, then the session; closed in reverse."""
     store = await Store.open(settings.store, settings.alerts)
+    store.upkeep.retain(settings.retention, sinks=[name for name, _ in settings.sidecar.named_sinks()])
     try:
         store.set_state("started_at", utc_now())
         store.set_state("pid", os.getpid())

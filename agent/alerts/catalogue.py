@@ -147,6 +147,13 @@ CATALOGUE: Final[dict[str, Status]] = {
             "free space on the database's filesystem or release the lock; events wait on the server",
         ),
         _S(
+            "disk_low",
+            "the database's file system has less free space than XMPPMON_STORE__MIN_FREE_MB",
+            "storage",
+            "warning",
+            "free space, shorten XMPPMON_RETENTION__HISTORY_DAYS, or move the database; see xmppmon db stats",
+        ),
+        _S(
             "schema_drift",
             "a Monitor API event carried a value outside the contract's known set (stored as received)",
             "drift",

@@ -4,7 +4,7 @@
 ``inspect`` status, query, tail, alerts (read-only)
 ``export``  export jobs
 ``quarantine`` list, show and replay quarantined events
-``db``      doctor
+``db``      doctor; db stats, backup, vacuum
 ``lab``     emulate, demo (test and demo tooling)
 ``observe`` top (a live view), browse (Datasette)
 """

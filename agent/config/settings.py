@@ -24,6 +24,7 @@ from agent.config.azure import AzureSettings
 from agent.config.forward import ForwardSettings
 from agent.config.observe import HealthSettings, MetricsSettings
 from agent.config.relay import AlertSettings, SidecarSettings
+from agent.config.retention import RetentionSettings
 from agent.config.sections import (
     ExportSettings,
     KeepaliveSettings,
@@ -61,6 +62,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     health: HealthSettings = Field(default_factory=HealthSettings)
     forward: ForwardSettings = Field(default_factory=ForwardSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @classmethod
     def settings_customise_sources(

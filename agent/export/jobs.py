@@ -5,7 +5,8 @@ succeeded | failed`` and ends with its row count, bytes written and error. Its o
 Lines (and gzip CSV on request) plus a manifest (rows, SHA-256 and size of each file) in a
 destination folder. Every file is written under a hidden temporary name and renamed into place,
 data first and the manifest last: a consumer that waits for the manifest never sees a partial
-export. The rows come from one read transaction, streamed in chunks, so memory stays constant.
+export. The rows are streamed in chunks, each its own short read transaction, so memory stays
+constant and a long export never pins the WAL (``agent.store.exports``).
 """
 
 from __future__ import annotations

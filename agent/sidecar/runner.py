@@ -25,6 +25,7 @@ from agent import __version__
 from agent.alerts import Observation
 from agent.config import Settings, XmppSink
 from agent.events import epoch
+from agent.exceptions import StoreError
 from agent.metrics.sidecar import sidecar_metrics
 from agent.reload import Reloader
 from agent.sidecar.forward import Forwarder
@@ -126,9 +127,15 @@ class Sidecar:
         last_repost = last_ping = last_status = 0.0
         interval = watchdog_interval()
         while not stop.is_set():
-            await self.check_heartbeat()
-            await self._sweep()
-            await self.outbox.sync(self.orders)
+            try:
+                # A full disk refuses these writes: keep polling, sending and pinging meanwhile.
+                await self.check_heartbeat()
+                await self._sweep()
+                await self.outbox.sync(self.orders)
+                for name in list(self.relays):
+                    await self.outbox.flush_held(name)
+            except StoreError as exc:
+                log.error("{}; retrying every poll", exc)
             # This loop reading the database every poll_seconds is what proves the sidecar alive.
             mono = time.monotonic()
             if interval and mono - last_ping >= interval:
@@ -187,7 +194,8 @@ class Sidecar:
                 await self.outbox.record(name, rnd.attempts, park_until=time.time() + cfg.park_seconds)
             for listener in self.on_round:
                 listener(name, rnd)
-            await self._meta(name, rnd)
+            with contextlib.suppress(StoreError):  # logged by the watch loop, which retries
+                await self._meta(name, rnd)
             if rnd.pause:
                 await self._sleep(stop, rnd.pause)
 

@@ -54,7 +54,7 @@ TABLES: Final[dict[str, tuple[str, dict[str, str]]]] = {
          "received_at": "when the agent received it",
          "digest": "hash of sender and raw text: a replayed copy of the same event is not quarantined again"},
     ),
-    "counters": ("Monotonic counters of the agent (stanzas, events_received, events_duplicate, foreign_stanzas, ...)",
+    "counters": ("Monotonic counters of the agent (stanzas, events_received, events_duplicate, events_expired, ...)",
                  {"name": "counter name", "value": "its value since the database was created"}),
     "agent_state": (
         "The agent's own state: heartbeat, session, stream position, last ping, writer backlog",

@@ -22,6 +22,9 @@ from agent.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logger.bind(component="store")
 
+#: A WAL larger than this is truncated back to it once checkpointed (``journal_size_limit``).
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
+
 
 def create_private_file(path: Path) -> None:
     """Create the database file owner-read-write, group-read, before SQLite does.
@@ -88,15 +91,24 @@ async def migrate(conn: aiosqlite.Connection) -> int:
 async def open_writer(path: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
     """A writing connection, private file mode, WAL, synchronous=NORMAL, busy_timeout, migrated.
 
+    A new file gets ``auto_vacuum = INCREMENTAL``; the WAL is truncated to ``WAL_LIMIT_BYTES``
+    after a checkpoint resets it (``journal_size_limit``).
+
     The agent's store and the sidecar's outbox each open one; StoreError says what went wrong.
     """
     try:
         create_private_file(path)
+        new = path.stat().st_size == 0
         conn = await aiosqlite.connect(path, isolation_level=None)
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"cannot open database {path}: {exc}") from None
     try:
+        if new:
+            # Only before the first table exists: pruned pages can then go back to the file system
+            # in small steps (agent.store.retention); an older file is converted by `xmppmon db vacuum`.
+            await conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        await conn.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
         async with conn.execute("PRAGMA journal_mode = WAL") as cursor:
             mode = await cursor.fetchone()
         if not mode or mode[0].lower() != "wal":

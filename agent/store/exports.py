@@ -4,9 +4,12 @@ The job row is the one thing an export writes: the exporting process is a separa
 ``xmppmon export`` command, so it uses a second writer connection with ``busy_timeout`` for those
 few single-statement updates. The agent's writer commits in milliseconds, so the two only ever
 wait for each other briefly; the agent never touches the table. The data is read through a
-read-only connection inside one read transaction (WAL gives it a consistent snapshot and never
-blocks the writer), in chunks, so memory stays constant whatever the size. An export to Azure
-Storage also logs every request it sends (``export_requests``, seed 001's instrumentation).
+read-only connection in chunks of ``CHUNK`` rows in key order, each chunk its own short read
+transaction (keyset paging), so memory stays constant whatever the size and a long export never
+pins the WAL. Each row is exported at most once; a row committed behind the export's position
+while it runs is not in it (as with a snapshot taken at the start), one committed ahead of it is.
+An export to Azure Storage also logs every request it sends (``export_requests``, seed 001's
+instrumentation); it spools the same files first, so it reads the rows the same way.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from agent.events import utc_now
 from agent.exceptions import ExportError, StoreError
 from agent.store.connection import connect_readonly
+from agent.store.paging import keyset_chunks
 
 #: Snapshot data -> (table, columns, JSON columns, order).
 SNAPSHOTS: dict[str, tuple[str, tuple[str, ...], frozenset[str], str]] = {
@@ -257,17 +261,15 @@ def _query(job: Job) -> tuple[str, tuple[Any, ...], tuple[str, ...], frozenset[s
             (job.from_ts, job.to_ts, job.data), _EVENT_COLUMNS, frozenset({"payload"}))  # fmt: skip
 
 
-def _rows(
-    conn: sqlite3.Connection, job: Job
-) -> tuple[tuple[str, ...], frozenset[str], Iterator[list[tuple[Any, ...]]]]:
-    tail, params, columns, json_columns = _query(job)
-    cursor = conn.execute(f"SELECT {', '.join(columns)} {tail}", params)
-
-    def chunks() -> Iterator[list[tuple[Any, ...]]]:
-        while rows := cursor.fetchmany(CHUNK):
-            yield rows
-
-    return columns, json_columns, chunks()
+def _chunks(conn: sqlite3.Connection, job: Job, columns: tuple[str, ...]) -> Iterator[list[tuple[Any, ...]]]:
+    """The job's rows in key order, ``CHUNK`` at a time, each chunk its own short read (agent.store.paging)."""
+    if job.type == "snapshot":
+        table, _, _, order = SNAPSHOTS[job.data]
+        return keyset_chunks(conn, table, columns, tuple(k.strip() for k in order.split(",")), CHUNK)
+    table = "api_calls" if job.data == "api" else "events"
+    where = "ts >= ? AND ts < ?" + ("" if job.data == "api" else " AND kind = ?")
+    params = (job.from_ts, job.to_ts) + (() if job.data == "api" else (job.data,))
+    return keyset_chunks(conn, table, columns, ("ts", "event_id"), CHUNK, where, params, first_key_from=True)
 
 
 def count_rows(db: Path, job: Job) -> int:
@@ -281,12 +283,11 @@ def count_rows(db: Path, job: Job) -> int:
 
 @contextmanager
 def snapshot(db: Path, job: Job) -> Iterator[tuple[tuple[str, ...], frozenset[str], Iterator[list[tuple[Any, ...]]]]]:
-    """The job's columns, its JSON columns, and its rows in chunks, from one consistent read transaction."""
+    """The job's columns, its JSON columns, and its rows in chunks, each chunk from its own short read."""
+    _, _, columns, json_columns = _query(job)
     conn = connect_readonly(db)
     conn.row_factory = None  # tuples: no per-row Row objects on a million rows
     try:
-        conn.execute("BEGIN")  # one read transaction: a consistent snapshot of the data
-        yield _rows(conn, job)
-        conn.rollback()
+        yield columns, json_columns, _chunks(conn, job, columns)
     finally:
         conn.close()

@@ -8,11 +8,17 @@ the latest notification of each firing alert) and marks ``superseded`` what a la
 ``delivered``, ``dead`` or a later ``next_attempt_at`` in one transaction.
 A notification is ``delivered`` only once its sink confirmed it, and that is committed before the
 next round, so a restart (kill -9 included) re-sends only what was not confirmed.
+
+When the disk is full the sidecar still sends: a round whose record cannot be committed is held
+in memory (its notifications are not sent again meanwhile) and committed, in order, as soon as
+the database takes writes again (:meth:`Outbox.flush_held`); only a restart before that re-sends
+them, with the same idempotency key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
@@ -27,11 +33,13 @@ from loguru import logger
 from agent.alerts import AlertRules, Observation
 from agent.config import AlertSettings
 from agent.events import iso
+from agent.exceptions import StoreError
 from agent.store.alerts import apply_rules
 from agent.store.connection import open_writer
 from agent.store.sequencing import DUE, Policy, supersede
 
 log = logger.bind(component="sidecar")
+Rows = tuple[Any, ...]
 
 
 @dataclass(slots=True)
@@ -85,26 +93,37 @@ class Outbox:
         self._lock = asyncio.Lock()
         self.alerts = AlertRules(alerts, frozenset({"sidecar"}))
         self._closed = False
+        #: Rounds sent but not yet recorded (the disk was full), per sink, oldest first.
+        self._held: dict[str, list[tuple[list[Rows], list[Rows], list[Rows]]]] = {}
+        self._refused: set[str] = set()
+        self._flushing: dict[str, asyncio.Lock] = {}
 
     @classmethod
     async def open(cls, path: Path, alerts: AlertSettings, busy_timeout_ms: int = 30_000) -> Outbox:
         return cls(await open_writer(path, busy_timeout_ms), alerts)
 
     async def close(self) -> None:
+        """Record what is still held if the database takes it now (else it is sent again next start)."""
         if not self._closed:
+            for sink in list(self._held):
+                await self.flush_held(sink)
             self._closed = True
             await self._conn.close()
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; a database error (disk full, locked) becomes a StoreError."""
         async with self._lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
             try:
+                await self._conn.execute("BEGIN IMMEDIATE")
                 yield self._conn
-            except BaseException:
-                await self._conn.rollback()
+                await self._conn.commit()
+            except BaseException as exc:
+                if self._conn.in_transaction:
+                    await self._conn.rollback()
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"cannot write to the database: {exc}") from exc
                 raise
-            await self._conn.commit()
 
     async def sync(self, sinks: Mapping[str, Policy]) -> int:
         """Take notifications newer than each sink's cursor as pending; return how many.
@@ -155,10 +174,17 @@ class Outbox:
 
     async def due(self, sink: str, limit: int = 1000, now: float | None = None) -> list[Item]:
         """What ``sink`` should be sent now: per alert, the oldest pending notification, if its next
-        attempt has come; oldest first."""
+        attempt has come; oldest first. A held round (sent, not recorded yet) decides for its own."""
+        when = iso(time.time() if now is None else now)
         async with self._lock:
-            rows = await self._conn.execute_fetchall(DUE, (sink, iso(time.time() if now is None else now), limit))
-        return [Item(r[0], r[1], r[2], orjson.loads(r[3]), r[4], r[5]) for r in rows]
+            rows = await self._conn.execute_fetchall(DUE, (sink, when, limit))
+        held = self._held_states(sink)
+        items = []
+        for r in rows:
+            state, attempts, next_at = held.get(r[0], ("pending", r[5], ""))
+            if state == "pending" and next_at <= when:
+                items.append(Item(r[0], r[1], r[2], orjson.loads(r[3]), r[4], attempts))
+        return items
 
     async def record(self, sink: str, attempts: list[Attempt], park_until: float) -> None:
         """Write the attempts of one round and each notification's new state, atomically.
@@ -185,19 +211,54 @@ class Outbox:
                 done.append((a.status, *row))
             else:
                 again.append(row)
-        async with self._transaction() as conn:
-            await conn.executemany(_INSERT_DELIVERY, rows)
-            await conn.executemany(
-                "UPDATE delivery_state SET state = ?, attempts = ?, next_attempt_at = ?, reason = ?,"
-                " updated_at = ? WHERE sink = ? AND notification_id = ?",
-                done,
-            )
-            # Still pending, unless superseded while it was in flight: then it stays superseded.
-            await conn.executemany(
-                "UPDATE delivery_state SET attempts = ?, next_attempt_at = ?, reason = ?, updated_at = ?"
-                " WHERE sink = ? AND notification_id = ? AND state = 'pending'",
-                again,
-            )
+        self._held.setdefault(sink, []).append((rows, done, again))
+        await self.flush_held(sink)
+
+    def held(self, sink: str | None = None) -> int:
+        """Delivery attempts sent but not yet recorded (for ``sink``, or every sink)."""
+        rounds = [r for name, v in self._held.items() if sink in (None, name) for r in v]
+        return sum(len(rows) for rows, _, _ in rounds)
+
+    def _held_states(self, sink: str) -> dict[int, tuple[str, int, str]]:
+        """Each held notification's latest (state, attempts, next_attempt_at): what the database will say."""
+        states: dict[int, tuple[str, int, str]] = {}
+        for _, done, again in self._held.get(sink, []):
+            states |= {int(u[-1]): (u[0], u[1], u[2]) for u in done}
+            states |= {int(u[-1]): ("pending", u[0], u[1]) for u in again}
+        return states
+
+    async def flush_held(self, sink: str) -> bool:
+        """Commit the held rounds of ``sink``, oldest first; False if the database still refuses."""
+        async with self._flushing.setdefault(sink, asyncio.Lock()):
+            rounds = list(self._held.get(sink, []))
+            if not rounds:
+                return True
+            try:
+                async with self._transaction() as conn:
+                    for rows, done, again in rounds:
+                        await conn.executemany(_INSERT_DELIVERY, rows)
+                        await conn.executemany(
+                            "UPDATE delivery_state SET state = ?, attempts = ?, next_attempt_at = ?, reason = ?,"
+                            " updated_at = ? WHERE sink = ? AND notification_id = ?",
+                            done,
+                        )
+                        # Still pending, unless superseded while it was in flight: then it stays superseded.
+                        await conn.executemany(
+                            "UPDATE delivery_state SET attempts = ?, next_attempt_at = ?, reason = ?, updated_at = ?"
+                            " WHERE sink = ? AND notification_id = ? AND state = 'pending'",
+                            again,
+                        )
+            except StoreError as exc:
+                self._refused.add(sink)
+                msg = "holding the deliveries sent in memory (none is sent twice) until the database takes writes"
+                log.bind(sink=sink).error("{}: {}", exc, msg)
+                return False
+            # Rounds held while this one committed stay for the next flush.
+            self._held[sink] = self._held[sink][len(rounds) :]
+            if sink in self._refused:
+                self._refused.discard(sink)
+                log.bind(sink=sink).info("recorded {} held delivery attempt(s)", sum(len(r) for r, _, _ in rounds))
+            return True
 
     async def observe(self, observations: Iterable[Observation]) -> int:
         """Raise or resolve the sidecar's own alerts (agent down, sink failing); notifications made."""

@@ -30,8 +30,10 @@ from agent.store.connection import open_writer
 from agent.store.identity import Identity
 from agent.store.rows import Quarantined
 from agent.store.schema import SCHEMA_VERSION
+from agent.store.upkeep import Upkeep
 
 log = logger.bind(component="store")
+_SOURCES = frozenset({"api", "subscription", "session", "store", "schema"})  # the alert sources the agent raises
 
 
 class Store:
@@ -42,9 +44,7 @@ class Store:
     ) -> None:
         self.settings = settings
         #: Alert rules, evaluated in the transaction of the events that caused them (agent.alerts).
-        self.alerts = AlertRules(
-            alerts or AlertSettings(), frozenset({"api", "subscription", "session", "store", "schema"})
-        )
+        self.alerts = AlertRules(alerts or AlertSettings(), _SOURCES)
         self._conn = conn
         self._backlog = Backlog()
         #: The ids stored, for an id sent again with another ts (agent.store.identity).
@@ -74,6 +74,8 @@ class Store:
         self.high_water = settings.max_backlog_records
         self.high_water_bytes = settings.max_backlog_mb * 1024 * 1024
         self._over = False
+        #: Retention, free space and checkpoints between commits (agent.store.upkeep).
+        self.upkeep = Upkeep(settings, self.observe, self.count)
 
     @classmethod
     async def open(cls, settings: StoreSettings, alerts: AlertSettings | None = None) -> Store:
@@ -99,6 +101,7 @@ class Store:
 
     def submit_events(self, events: list[Event], received_at: str) -> None:
         self._check_open()
+        events = self.upkeep.admit(events)
         self._backlog.add_events(events, received_at, time.perf_counter() if self.track_arrivals else None)
         self._poke()
 
@@ -119,10 +122,7 @@ class Store:
 
     def observe(self, source: str, code: str, *, app: str = "", api: str = "", ok: bool = False,
                 detail: str | None = None) -> None:  # fmt: skip
-        """Record a session-health observation for the alert rules; written with the next commit.
-
-        ``ok=True`` says (source, app, api) is healthy again, which resolves its alerts.
-        """
+        """Record an observation for the alert rules (``ok=True``: (source, app, api) is healthy again)."""
         self.alerts.observe(Observation(source, code, app, api, ok, detail))
         self._wake.set()
 
@@ -181,6 +181,7 @@ class Store:
         delay = 0.0
         while True:
             timeout = max(0.0, self._last_heartbeat + self.settings.heartbeat_seconds - time.monotonic())
+            timeout = min(timeout, self.upkeep.due_in())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
@@ -212,6 +213,8 @@ class Store:
             delay = 0.0
             if self._closing and not self._has_work():
                 return
+            if not self._closing and await self.upkeep.step(self._conn, self.pending > 0) and self.pending:
+                self._full.set()  # what arrived during a prune step has waited: commit it now
 
     def _has_work(self) -> bool:
         return self._backlog.has_work() or self.alerts.has_pending
@@ -282,11 +285,8 @@ class Store:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
-                log.error(
-                    "could not commit {} record(s) before closing; the server keeps the"
-                    " unacknowledged ones for redelivery",
-                    self.pending,
-                )
+                log.error("could not commit {} record(s) before closing; the server keeps the"
+                          " unacknowledged ones for redelivery", self.pending)  # fmt: skip
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
@@ -294,6 +294,7 @@ class Store:
             if not mark.future.done():
                 mark.future.set_exception(StoreClosedError("the store closed before committing"))
         self._closed = True
+        await self.upkeep.close()
         with contextlib.suppress(sqlite3.Error):
             await self._conn.close()
         log.info("database {} closed", self.settings.path)
