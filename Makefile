@@ -12,8 +12,10 @@ DEMO_SECONDS ?= 30
 demo: deps
 	$(BIN)/xmppmon demo --duration $(DEMO_SECONDS)
 
+# Two workers (pytest-xdist): most tests wait on servers and processes, and the soak's minutes overlap
+# the rest. --dist loadgroup keeps tests that share a booted container on one worker.
 test: deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
 
 bench: deps
 	$(BIN)/python -m pip install -q -e ".[bench]"

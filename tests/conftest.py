@@ -27,7 +27,16 @@ _accounts = itertools.count(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Fail loudly (never skip) when the real server the integration tests need is missing."""
+    """Order and group the run for ``make test``'s two workers; fail loudly when a real server is missing.
+
+    The chaos soak goes first, so that its minutes overlap the rest of the suite on the other worker;
+    the systemd container tests share one booted container (a session fixture), so they stay together
+    on one worker (``pytest-xdist``'s ``--dist loadgroup``). Without xdist both are harmless.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("soak") is None)  # stable: the rest keeps its order
+    for item in items:
+        if item.get_closest_marker("systemd_container"):
+            item.add_marker(pytest.mark.xdist_group("systemd_container"))
     if any(item.get_closest_marker("prosody") for item in items) and not prosody_available():
         raise pytest.UsageError(
             "Debian's prosody is not installed: run the README's test command (make test), which installs it"
