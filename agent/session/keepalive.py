@@ -1,5 +1,10 @@
 """Liveness is the session's own decision: XEP-0199 pings, and an abort when the server is silent.
 
+Silent means that nothing at all arrived for ``timeout`` seconds, not that a ping went unanswered:
+after a resumption ejabberd replays up to 5,000 queued stanzas before anything else, the answer
+to a ping waits behind them, and an abort on the late answer cut every resumed connection before
+its position could advance (a livelock, issue 10).
+
 Aborting (not slixmpp's ``reconnect()``, which closes the stream cleanly) keeps the server-side
 session hibernating, so the next connection can resume it (XEP-0198).
 """
@@ -35,6 +40,15 @@ class Keepalive:
         self._unawaited: set[asyncio.Task[None]] = set()
         #: Called with each round-trip time in seconds (the session's ``hooks.rtt``).
         self.on_rtt: list[Callable[[float], None]] = []
+        #: When the last stanza (or stream element) arrived, and how many arrived: proof of life.
+        self.last_received = time.monotonic()
+        self.received = 0
+        client.add_filter("in", self._on_incoming)
+
+    def _on_incoming(self, stanza: Any) -> Any:
+        self.last_received = time.monotonic()
+        self.received += 1
+        return stanza
 
     def _send_unawaited(self, ping: Any) -> None:
         async def send() -> None:
@@ -53,16 +67,31 @@ class Keepalive:
         connection that sends nothing for 10 minutes) and its answer is not awaited.
         """
         ping = self.client.plugin["xep_0199"]
+        late_logged = False
         while current() and self.client.transport is not None:
             await asyncio.sleep(self.settings.interval)
             if paused():
                 self._send_unawaited(ping)
                 continue
-            started = time.monotonic()
+            started, received = time.monotonic(), self.received
             try:
                 await ping.send_ping(JID(self.client.boundjid.domain), timeout=self.settings.timeout)
             except IqTimeout:
-                log.warning("no answer to ping within {:.0f} s: dropping the connection", self.settings.timeout)
+                if time.monotonic() - self.last_received < self.settings.timeout:
+                    # The server is sending: the answer is queued behind what it sends (a replay).
+                    if not late_logged:
+                        late_logged = True
+                        log.info(
+                            "the answer to a ping is late (over {:.1f} s), but the server is sending ({} stanzas"
+                            " meanwhile): the answer is queued behind them; keeping the connection (logged once)",
+                            self.settings.timeout, self.received - received,
+                        )  # fmt: skip
+                    self.store.count("pings_late")
+                    continue
+                log.warning(
+                    "no answer to ping and nothing received within {:.1f} s: dropping the connection",
+                    self.settings.timeout,
+                )
                 self.store.count("ping_timeouts")
                 self.store.observe("session", "ping_timeout", detail="no answer to ping")
                 self.client.disconnect_reason = "ping timeout"
