@@ -148,9 +148,7 @@ async def test_sigkill_during_stream_then_restart_within_hibernation(
     with own_server(xmpp_server_kind, tmp_path / "server", max_queue_size=5000) as server:
         db, log = tmp_path / "m.db", tmp_path / "sent.log"
         account = new_account(server)
-        agent = await spawn(
-            server, db, account, XMPPMON_KEEPALIVE__INTERVAL="0.2", XMPPMON_KEEPALIVE__TIMEOUT="0.3"
-        )
+        agent = await spawn(server, db, account, XMPPMON_KEEPALIVE__INTERVAL="0.2", XMPPMON_KEEPALIVE__TIMEOUT="0.3")
         options = emulator_options(
             server, to=[account[0]], count=40_000, batch=10, rate=2500, event_log=log, duplicates=0.01
         )

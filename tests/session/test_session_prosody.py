@@ -73,9 +73,7 @@ async def test_subscription_waits_for_a_monitor_component_that_connects_later(
         first = await wait_until(lambda: agent_state(db, "subscriptions"), what="the first subscription attempt")
         assert first != '{"demo":"ok"}', "the component is not connected yet"
         async with running(emulator.run(emulator_options(xmpp_server), stop)):
-            await wait_until(
-                lambda: agent_state(db, "subscriptions") == '{"demo":"ok"}', timeout=90, what="subscribed"
-            )
+            await wait_until(lambda: agent_state(db, "subscriptions") == '{"demo":"ok"}', timeout=90, what="subscribed")
             stop.set()
             await asyncio.wait_for(agent, 15)
 
