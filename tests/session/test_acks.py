@@ -10,6 +10,10 @@ from agent.session.acks import UNASKED_EVERY, Acks
 from agent.session.client import MonitorClient
 from agent.store import Store
 
+# No server here, so nothing to run once per server (the xmpp_server fixtures): these tests drive
+# the ack logic with slixmpp's stream-management state and a real store. The server side of acks
+# runs on both servers in tests/session/test_faults.py (resumption replays) and test_backpressure.py.
+
 
 async def test_a_barrier_of_a_discarded_stream_never_positions_the_next_one(tmp_path: Path) -> None:
     """An ack request on stream A whose commit lands after A was discarded leaves stream B's resume count alone."""
