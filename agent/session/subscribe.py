@@ -20,7 +20,7 @@ log = logger.bind(component="session")
 
 #: Refusals of type ``cancel`` that only say the Monitor service is not reachable yet: ejabberd
 #: answers ``remote-server-not-found`` while the component is not connected (it tries s2s to its
-#: name), where Prosody answers with a type ``wait``. Retried like a timeout.
+#: name), where Prosody answers ``remote-server-timeout`` (type ``wait``). Retried like a timeout.
 TRANSIENT = frozenset({"remote-server-not-found", "remote-server-timeout"})
 
 
