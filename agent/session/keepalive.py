@@ -27,6 +27,9 @@ from agent.store import Store
 
 log = logger.bind(component="session")
 
+#: Seconds slixmpp keeps waiting for a ping's answer at least; liveness is decided by silence (above).
+LONG = 120.0
+
 
 class Keepalive:
     """Pings every ``interval`` seconds; ``last_rtt`` is the newest round-trip time in seconds."""
@@ -59,6 +62,23 @@ class Keepalive:
         self._unawaited.add(task)
         task.add_done_callback(self._unawaited.discard)
 
+    def _send(self, ping: Any) -> asyncio.Future[Any]:
+        """A ping whose answer is awaited by the caller's silence rule, not by slixmpp's timeout."""
+        answer: asyncio.Future[Any] = ping.send_ping(
+            JID(self.client.boundjid.domain), timeout=max(LONG, 10 * self.settings.timeout)
+        )
+        answer.add_done_callback(lambda fut: fut.cancelled() or fut.exception())  # always retrieved
+        return answer
+
+    def _drop(self) -> None:
+        log.warning(
+            "no answer to ping and nothing received within {:.1f} s: dropping the connection", self.settings.timeout
+        )
+        self.store.count("ping_timeouts")
+        self.store.observe("session", "ping_timeout", detail="no answer to ping")
+        self.client.disconnect_reason = "ping timeout"
+        self.client.abort()
+
     async def run(self, current: Callable[[], bool], paused: Callable[[], bool] = lambda: False) -> None:
         """Ping while ``current()`` says this connection is still the live one.
 
@@ -74,11 +94,19 @@ class Keepalive:
                 self._send_unawaited(ping)
                 continue
             started, received = time.monotonic(), self.received
-            try:
-                await ping.send_ping(JID(self.client.boundjid.domain), timeout=self.settings.timeout)
-            except IqTimeout:
-                if time.monotonic() - self.last_received < self.settings.timeout:
-                    # The server is sending: the answer is queued behind what it sends (a replay).
+            answer, late = self._send(ping), False
+            while not answer.done() and not paused():  # reads paused meanwhile: its absence proves nothing
+                # Silent: nothing at all (the answer included) for ``timeout`` s since the ping went out.
+                remaining = max(started, self.last_received) + self.settings.timeout - time.monotonic()
+                if remaining <= 0:
+                    self._drop()
+                    return
+                await asyncio.wait([answer], timeout=remaining)
+                now = time.monotonic()
+                sending = now - self.last_received < self.settings.timeout
+                if not answer.done() and not late and sending and now - started >= self.settings.timeout:
+                    late = True
+                    self.store.count("pings_late")
                     if not late_logged:
                         late_logged = True
                         log.info(
@@ -86,19 +114,8 @@ class Keepalive:
                             " meanwhile): the answer is queued behind them; keeping the connection (logged once)",
                             self.settings.timeout, self.received - received,
                         )  # fmt: skip
-                    self.store.count("pings_late")
-                    continue
-                log.warning(
-                    "no answer to ping and nothing received within {:.1f} s: dropping the connection",
-                    self.settings.timeout,
-                )
-                self.store.count("ping_timeouts")
-                self.store.observe("session", "ping_timeout", detail="no answer to ping")
-                self.client.disconnect_reason = "ping timeout"
-                self.client.abort()
-                return
-            except IqError:
-                pass  # an error answer still proves the server is alive
+            if not answer.done() or answer.cancelled() or isinstance(answer.exception(), IqTimeout):
+                continue  # paused, or unanswered for LONG while the server kept sending: ping again
             self.last_rtt = time.monotonic() - started
             self.pings += 1
             self.store.set_state("last_ping_rtt_ms", round(self.last_rtt * 1000, 1))
