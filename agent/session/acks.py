@@ -3,6 +3,10 @@
 slixmpp counts a stanza as handled when it is parsed, before any handler ran. This module replaces
 its ``<r/>`` handler: the answer ``<a h=…/>`` is sent only once the store has committed everything
 received before the request, and the stream id and ``h`` are stored in that same transaction.
+
+The agent also acknowledges without being asked, every ``UNASKED_EVERY`` stanzas: ejabberd replays
+its whole queue (up to 5,000 stanzas) after a resumption before it sends the next ``<r/>``, so a
+connection lost during that replay would otherwise never move the position.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from agent.store import Store
 log = logger.bind(component="session")
 
 SM_NS = "urn:xmpp:sm:3"
+
+#: Stanzas received without an ``<r/>`` after which the agent acknowledges unasked (XEP-0198 allows it).
+UNASKED_EVERY = 100
 
 
 class Acks:
@@ -48,6 +55,10 @@ class Acks:
             )
         )
         store.backpressure = self.backpressure
+        #: Stanzas received since the last acknowledgement was asked for (or given unasked).
+        self._unasked = 0
+        self._unasked_scheduled = False
+        client.add_filter("in", self._count_incoming)
         #: True from restoring a previous process's position until that stream is resumed or lost.
         self._restored = False
         logging.getLogger("slixmpp.plugins.xep_0198.stream_management").addFilter(self._explain_sequence_numbers)
@@ -91,7 +102,23 @@ class Acks:
         self.position = None
         self.store.forget_stream()
 
+    def _count_incoming(self, stanza: Any) -> Any:
+        self._unasked += 1
+        if self._unasked >= UNASKED_EVERY and not self._unasked_scheduled:
+            # Not now: this stanza's handlers have not run yet. Once the data being parsed has been
+            # handed to the store, a barrier covers every stanza counted in ``h``.
+            self._unasked_scheduled = True
+            asyncio.get_running_loop().call_soon(self._ack_unasked)
+        return stanza
+
+    def _ack_unasked(self) -> None:
+        self._unasked_scheduled = False
+        sm = self.client.plugin["xep_0198"]
+        if self._unasked >= UNASKED_EVERY and sm.enabled_in:
+            self._on_request(None)
+
     def _on_request(self, _request: Any) -> None:
+        self._unasked = 0
         sm = self.client.plugin["xep_0198"]
         handled, sm_id, generation = sm.handled, sm.sm_id, self.generation
         done = self.store.barrier(sm_id, handled)

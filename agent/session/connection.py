@@ -133,6 +133,7 @@ class MonitorSession:
         """One attempt: returns True if the stream was resumed, False for a new session."""
         client = self.client
         self.acks.new_attempt()
+        self.conflict.attempt()
         self.recovery.connecting()
         self._lost.clear()
         outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -172,6 +173,7 @@ class MonitorSession:
             return False
         if outcome not in done:
             self._abort()
+            self.conflict.abandoned()
             raise NegotiationTimeout(
                 f"no XMPP session with {host}:{xmpp.port} after {xmpp.negotiation_timeout:.0f} s"
                 " (server frozen or overloaded?)"

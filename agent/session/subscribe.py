@@ -18,6 +18,11 @@ from agent.store import Store
 
 log = logger.bind(component="session")
 
+#: Refusals of type ``cancel`` that only say the Monitor service is not reachable yet: ejabberd
+#: answers ``remote-server-not-found`` while the component is not connected (it tries s2s to its
+#: name), where Prosody answers ``remote-server-timeout`` (type ``wait``). Retried like a timeout.
+TRANSIENT = frozenset({"remote-server-not-found", "remote-server-timeout"})
+
 
 @dataclass(frozen=True, slots=True)
 class SubscribeOutcome:
@@ -55,9 +60,10 @@ class Subscriber:
     async def subscribe(self, app: str, key: str) -> SubscribeOutcome:
         """Subscribe one application.
 
-        A refusal of type ``wait`` (the service is busy or not there yet) or no answer is worth
-        retrying; ``auth``/``cancel``/``modify`` refusals need an operator and are not retried
-        until the next session.
+        A refusal of type ``wait`` (the service is busy or not there yet), one that says the service
+        cannot be reached (:data:`TRANSIENT`) or no answer is worth retrying; other
+        ``auth``/``cancel``/``modify`` refusals need an operator and are not retried until the next
+        session.
         """
         monitor = self.monitor
         iq = self.client.Iq()
@@ -77,7 +83,7 @@ class Subscriber:
             self.store.count("subscriptions_refused")
             alert_code = code if code.isdigit() else CONDITION_CODES.get(condition, condition)
             self.store.observe("subscription", alert_code, app=app, detail=f"{condition}: {text}")
-            return SubscribeOutcome(f"{condition} ({code})", retry=error["type"] == "wait")
+            return SubscribeOutcome(f"{condition} ({code})", retry=error["type"] == "wait" or condition in TRANSIENT)
         except IqTimeout:
             log.bind(app=app).error("subscription of app {}: no answer from {}", app, monitor.jid)
             self.store.observe("subscription", "504", app=app, detail=f"no answer from {monitor.jid}")

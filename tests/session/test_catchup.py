@@ -10,28 +10,29 @@ from pathlib import Path
 import pytest
 
 from agent.lab import emulator
-from agent.lab.prosody import ProsodyServer
 
-from ..conftest import emulator_options, new_account, wait_until
+from ..conftest import emulator_options, new_account, own_server, wait_until
 from .test_faults import AgentProcess, assert_exactly_once, spawn, stored  # noqa: F401 - spawn is a fixture
 
-pytestmark = [pytest.mark.prosody, pytest.mark.timeout(480)]
+pytestmark = pytest.mark.timeout(480)
 
 
 async def test_kill_during_a_long_catch_up_with_live_traffic_loses_nothing(
+    xmpp_server_kind: str,
     tmp_path: Path,
     spawn: Callable[..., Awaitable[AgentProcess]],  # noqa: F811 - the fixture imported above
 ) -> None:
     """kill -9 in the middle of a catch-up of thousands of archived stanzas while live traffic flows: all found after restart."""
-    with ProsodyServer(tmp_path / "prosody", hibernation_time=1) as server:
+    with own_server(xmpp_server_kind, tmp_path / "server", hibernation_time=1) as server:
         db, log = tmp_path / "m.db", tmp_path / "sent.log"
         account = new_account(server)
         # Archive queries keep a busy server from answering pings for a while: a patient keepalive.
         agent = await spawn(server, db, account, XMPPMON_KEEPALIVE__INTERVAL="5", XMPPMON_KEEPALIVE__TIMEOUT="15")
         await wait_until(lambda: "catch-up:" in agent.text(), what="first catch-up done")
         assert agent.stop() == 0
-        # While the agent is away, thousands of stanzas go to the archive only (a client that has used
-        # the archive gets nothing through offline storage).
+        # While the agent is away, thousands of stanzas go to the archive (Prosody: only there, a client
+        # that has used the archive gets nothing through offline storage; ejabberd: the first 100 to
+        # offline storage too, its default limit).
         await emulator.run(emulator_options(server, to=[account[0]], count=4000, batch=1, rate=0, event_log=log))
         archived = len(stored(db)[0])
         live = asyncio.ensure_future(

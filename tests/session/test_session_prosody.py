@@ -61,6 +61,23 @@ async def test_subscription_success_and_refusals(xmpp_server: XmppServer, tmp_pa
         await asyncio.wait_for(agent, 15)
 
 
+async def test_subscription_waits_for_a_monitor_component_that_connects_later(
+    xmpp_server: XmppServer, tmp_path: Path
+) -> None:
+    """The Monitor component connects after the agent: the refusal its absence causes (ejabberd:
+    ``remote-server-not-found``, type cancel) is retried with backoff until the subscription succeeds."""
+    db = tmp_path / "m.db"
+    settings = make_settings(xmpp_server, db, new_account(xmpp_server))
+    stop = asyncio.Event()
+    async with running(run_agent(settings, stop)) as agent:
+        first = await wait_until(lambda: agent_state(db, "subscriptions"), what="the first subscription attempt")
+        assert first != '{"demo":"ok"}', "the component is not connected yet"
+        async with running(emulator.run(emulator_options(xmpp_server), stop)):
+            await wait_until(lambda: agent_state(db, "subscriptions") == '{"demo":"ok"}', timeout=90, what="subscribed")
+            stop.set()
+            await asyncio.wait_for(agent, 15)
+
+
 async def test_every_kind_lands_exactly_once_with_malformed_and_duplicates(
     xmpp_server: XmppServer, tmp_path: Path
 ) -> None:
