@@ -25,11 +25,7 @@ from agent.lab.emulator import EmulatorOptions  # noqa: E402
 from agent.lab.emulator.wire import EventFactory, message_xml, utc_ts  # noqa: E402
 from agent.session import MonitorSession  # noqa: E402
 from agent.store import Store  # noqa: E402
-
-HEADER = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client'"
-    b" xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='bench' version='1.0'>"
-)
+from bench.feed import open_stream  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -70,8 +66,7 @@ async def main() -> None:
         store = await Store.open(settings.store)
         session = MonitorSession(settings, store)
         client = session.client
-        client.init_parser()
-        client.data_received(HEADER)
+        open_stream(client)
         await store.barrier()
         marks = {1_000_000: None, args.events: None}
         start_rss = rss_mb()

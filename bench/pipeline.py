@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,36 +49,25 @@ from agent.lab.net import free_loopback_port  # noqa: E402
 from agent.metrics.agent import agent_metrics  # noqa: E402
 from agent.session import MonitorSession  # noqa: E402
 from agent.store import Store  # noqa: E402
+from bench.feed import open_stream, reads  # noqa: E402
 
-HEADER = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client'"
-    b" xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='bench' version='1.0'>"
-)
 NS = "urn:xmppmon:monitor:1"
 
 
 def make_stream(events: int, batch: int, kinds: tuple[str, ...] = ("activity",)) -> tuple[list[bytes], int]:
     factory = EventFactory(EmulatorOptions(kinds=kinds, seed=1))
     ts = utc_ts(time.time())
-    chunks, buffer, n = [], [], 0
-    size = 0
-    while n < events:
-        body = [factory.valid("demo", ts)[2] for _ in range(min(batch, events - n))]
-        n += len(body)
-        data = message_xml("monitor.localhost", "agent@localhost/xmppmon", f"m{n}", body).encode()
-        buffer.append(data)
-        size += len(data)
-        if size >= 65536:
-            chunks.append(b"".join(buffer))
-            buffer, size = [], 0
-    if buffer:
-        chunks.append(b"".join(buffer))
-    return chunks, n
+
+    def stanzas() -> Iterator[bytes]:
+        for n in range(0, events, batch):
+            body = [factory.valid("demo", ts)[2] for _ in range(min(batch, events - n))]
+            yield message_xml("monitor.localhost", "agent@localhost/xmppmon", f"m{n + len(body)}", body).encode()
+
+    return list(reads(stanzas())), events
 
 
 async def feed(client: ClientXMPP, chunks: list[bytes]) -> None:
-    client.init_parser()
-    client.data_received(HEADER)
+    open_stream(client)
     for chunk in chunks:
         client.data_received(chunk)
         await asyncio.sleep(0)  # the writer task runs between socket reads, as in production

@@ -41,11 +41,8 @@ from agent.lab.emulator import EmulatorOptions  # noqa: E402
 from agent.lab.emulator.wire import EventFactory, message_xml, utc_ts  # noqa: E402
 from agent.session import MonitorSession  # noqa: E402
 from agent.store import Store  # noqa: E402
+from bench.feed import open_stream  # noqa: E402
 
-HEADER = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client'"
-    b" xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='bench' version='1.0'>"
-)
 RUN_STARTED = [0.0]  # perf_counter() at the start of the last run's stream (for diagnostics)
 PAYLOAD = '{"device_id":"d-%d","session_id":"s-1","name":"Home","duration_ms":1200}'
 
@@ -79,8 +76,7 @@ async def stream(
         store.upkeep.retain(RetentionSettings(history_days=30, interval=3600), first_pass_after=1.0)
     session = MonitorSession(settings, store)
     client = session.client
-    client.init_parser()
-    client.data_received(HEADER)
+    open_stream(client)
     samples: list[tuple[float, float]] = []
     store.track_arrivals = True
     started = RUN_STARTED[0] = time.perf_counter()

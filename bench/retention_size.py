@@ -22,6 +22,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,30 +36,22 @@ from agent.lab.emulator import EmulatorOptions  # noqa: E402
 from agent.lab.emulator.wire import EventFactory, message_xml, utc_ts  # noqa: E402
 from agent.session import MonitorSession  # noqa: E402
 from agent.store import Store  # noqa: E402
+from bench.feed import open_stream, reads  # noqa: E402
 
-HEADER = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client'"
-    b" xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='bench' version='1.0'>"
-)
 BATCH = 50
 MILLION = 1_000_000
 
 
 def chunks_of(factory: EventFactory, first: int, count: int, start: float, per_day: int) -> list[bytes]:
     """``count`` events from number ``first``, stamped start + n/per_day days, as 64 KiB socket reads."""
-    out, buffer, size = [], [], 0
-    for n in range(first, first + count, BATCH):
-        ts = utc_ts(start + n / per_day * 86_400)
-        body = [factory.valid("demo", ts)[2] for _ in range(min(BATCH, first + count - n))]
-        data = message_xml("monitor.localhost", "agent@localhost/xmppmon", f"m{n}", body).encode()
-        buffer.append(data)
-        size += len(data)
-        if size >= 65536:
-            out.append(b"".join(buffer))
-            buffer, size = [], 0
-    if buffer:
-        out.append(b"".join(buffer))
-    return out
+
+    def stanzas() -> Iterator[bytes]:
+        for n in range(first, first + count, BATCH):
+            ts = utc_ts(start + n / per_day * 86_400)
+            body = [factory.valid("demo", ts)[2] for _ in range(min(BATCH, first + count - n))]
+            yield message_xml("monitor.localhost", "agent@localhost/xmppmon", f"m{n}", body).encode()
+
+    return list(reads(stanzas()))
 
 
 def sizes(db: Path) -> tuple[int, int, int, int]:
@@ -82,8 +75,7 @@ async def run(db: Path, args: argparse.Namespace, retention: bool) -> list[tuple
                             clock=lambda: sim_now[0], first_pass_after=args.interval)  # fmt: skip
     session = MonitorSession(settings, store)
     client = session.client
-    client.init_parser()
-    client.data_received(HEADER)
+    open_stream(client)
     factory = EventFactory(EmulatorOptions(kinds=("activity", "event", "job", "error", "crash"), seed=3))
     out = []
     began = time.monotonic()

@@ -33,11 +33,8 @@ from agent.lab.emulator import EmulatorOptions  # noqa: E402
 from agent.lab.emulator.wire import EventFactory, message_xml, utc_ts  # noqa: E402
 from agent.session import MonitorSession  # noqa: E402
 from agent.store import Store  # noqa: E402
+from bench.feed import open_stream  # noqa: E402
 
-HEADER = (
-    b"<?xml version='1.0'?><stream:stream xmlns='jabber:client'"
-    b" xmlns:stream='http://etherx.jabber.org/streams' from='localhost' id='bench' version='1.0'>"
-)
 BATCH = 50
 
 
@@ -57,8 +54,7 @@ async def main() -> None:
         store.upkeep.retain(RetentionSettings(history_days=args.history_days, interval=60))
         session = MonitorSession(settings, store)
         client = session.client
-        client.init_parser()
-        client.data_received(HEADER)
+        open_stream(client)
         factory = EventFactory(EmulatorOptions(kinds=("activity", "event", "job", "error", "crash"), seed=5))
         out = Path(tmp) / "tail.out"
         with out.open("wb") as sink:
