@@ -112,12 +112,12 @@ class Store:
 
     def count(self, name: str, amount: int = 1) -> None:
         """Add to a persistent counter; written with the next commit."""
-        self._backlog.counters[name] += amount
+        self._backlog.count(name, amount)
         self._wake.set()
 
     def set_state(self, key: str, value: object) -> None:
         """Record an ``agent_state`` value; written with the next commit."""
-        self._backlog.state[key] = None if value is None else str(value)
+        self._backlog.set_state(key, None if value is None else str(value))
         self._wake.set()
 
     def observe(self, source: str, code: str, *, app: str = "", api: str = "", ok: bool = False,
