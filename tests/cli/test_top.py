@@ -113,7 +113,10 @@ class Tmux:
 def test_live_view_in_tmux_follows_the_agent_and_quits_on_q(observed: Deployment, tmp_path: Path) -> None:
     """In a real terminal the view fills the screen, refreshes as a new wave lands, and `q` ends it with exit 0."""
     tmux = Tmux(require("tmux", "tmux"), tmp_path / "tmux.sock")
-    command = f"{sys.executable} -m agent top --database {observed.db} --interval 0.5 --minutes 10"
+    # The shell writes top's exit status to a file: tmux's own pane_dead_status was found empty for a
+    # pane that had exited (twice in CI runs), so the test does not depend on tmux reaping it.
+    rc = tmp_path / "rc"
+    command = f"{sys.executable} -m agent top --database {observed.db} --interval 0.5 --minutes 10; echo $? > {rc}"
     try:
         tmux("-f", "/dev/null", "new-session", "-d", "-s", "top", "-x", "150", "-y", "80", command)
         tmux("set-option", "-t", "top", "remain-on-exit", "on")
@@ -131,9 +134,7 @@ def test_live_view_in_tmux_follows_the_agent_and_quits_on_q(observed: Deployment
         poll_until(lambda: number(table_rows(tmux.screen(), "Events")["api"][1]) == after, 30, "the view to refresh")
 
         tmux("send-keys", "-t", "top", "q")
-        # tmux marks the pane dead when the terminal closes and fills in the exit status once it has
-        # reaped the process, a moment later: wait for either the status or the killing signal.
-        ended = poll_until(lambda: (e := tmux.pane("#{pane_dead_status}|#{pane_dead_signal}")) != "|" and e, 30, "exit")
-        assert ended == "0|", f"top ended with status|signal {ended!r}"
+        ended = poll_until(lambda: rc.exists() and rc.read_text().strip(), 30, "top to exit on q")
+        assert ended == "0", f"top exited with status {ended}"
     finally:
         subprocess.run([*tmux.base, "kill-server"], capture_output=True, timeout=30)
