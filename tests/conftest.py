@@ -224,6 +224,15 @@ async def archived(server: XmppServer, account: tuple[str, str]) -> int:
     return int(count.text)
 
 
+def db_rows_of(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Every row of a query, through a read-only connection."""
+    conn = connect_readonly(db)
+    try:
+        return [tuple(row) for row in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
 def db_value(db: Path, sql: str, *params: Any) -> Any:
     """One value from the database through a read-only connection (None if not there yet)."""
     if not db.exists():

@@ -21,7 +21,7 @@ from werkzeug import Request, Response
 from agent.lab import emulator
 from agent.lab.prosody import ProsodyServer
 
-from ..conftest import agent_env, agent_state, db_value, emulator_options, new_account, wait_until
+from ..conftest import agent_env, agent_state, db_rows_of, db_value, emulator_options, new_account, wait_until
 from .agentproc import Proc, fill, free_bytes, tmpfs
 
 pytestmark = [pytest.mark.prosody, pytest.mark.timeout(300)]
@@ -79,14 +79,6 @@ async def start(procs: list[Proc], args: list[str], env: dict[str, str], log: Pa
     return proc
 
 
-def rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
 async def test_disk_low_reaches_the_webhook_before_the_first_failed_commit(
     prosody: ProsodyServer, tmp_path: Path, disk: tuple[Path, list[Proc]]
 ) -> None:
@@ -124,13 +116,13 @@ async def test_disk_low_reaches_the_webhook_before_the_first_failed_commit(
         await wait_until(lambda: hook.times("disk_low", "resolved"), 60, "disk_low resolved at the webhook")
         assert agent.stop() == 0 and sidecar.stop() == 0
     assert db_value(db, "PRAGMA integrity_check") == "ok"
-    alerts = dict(rows(db, "SELECT code, state FROM alerts WHERE source = 'store'"))
+    alerts = dict(db_rows_of(db, "SELECT code, state FROM alerts WHERE source = 'store'"))
     assert alerts == {"disk_low": "resolved", "store_failing": "resolved"}
     stored = db_value(db, "SELECT count(*) FROM events")
-    counters = dict(rows(db, "SELECT name, value FROM counters"))
+    counters = dict(db_rows_of(db, "SELECT name, value FROM counters"))
     assert stored > 10_000 and counters["events_received"] >= stored and "events_expired" not in counters
     assert db_value(db, "SELECT count(*) FROM quarantine") == 0 and db_value(db, "SELECT count(*) FROM api_calls") == 0
-    states = rows(db, "SELECT d.state FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
+    states = db_rows_of(db, "SELECT d.state FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
                       " JOIN alerts a ON a.id = n.alert_id WHERE a.code = 'disk_low'")  # fmt: skip
     assert states and {s for (s,) in states} == {"delivered"}
 
@@ -153,7 +145,7 @@ async def test_full_disk_sidecar_sends_and_records_once_it_can(
         await wait_until(lambda: hook.times("disk_low", "firing", status=503), 30, "a refused first try")
         key = hook.keys("disk_low", status=503)[0]
         await wait_until(
-            lambda: rows(
+            lambda: db_rows_of(
                 db,
                 "SELECT 1 FROM deliveries d JOIN notifications n ON n.id ="
                 " d.notification_id WHERE n.key = ? AND d.status = 'retry'",
@@ -176,17 +168,17 @@ async def test_full_disk_sidecar_sends_and_records_once_it_can(
         await asyncio.sleep(2)  # ten polls: it is neither sent again nor recorded
         assert hook.keys("disk_low").count(key) == 1
         recorded = "SELECT d.status FROM deliveries d JOIN notifications n ON n.id = d.notification_id WHERE n.key = ?"
-        assert "delivered" not in {s for (s,) in rows(db, recorded, key)}
+        assert "delivered" not in {s for (s,) in db_rows_of(db, recorded, key)}
         assert sidecar.alive()
 
         (fs / "filler2").unlink()
         (fs / "filler").unlink()
-        await wait_until(lambda: "delivered" in {s for (s,) in rows(db, recorded, key)}, 30, "recorded")
+        await wait_until(lambda: "delivered" in {s for (s,) in db_rows_of(db, recorded, key)}, 30, "recorded")
         assert "recorded" in sidecar.text() and "held delivery attempt(s)" in sidecar.text()
         assert hook.keys("disk_low").count(key) == 1
-        statuses = [s for (s,) in rows(db, recorded + " ORDER BY d.id", key)]
+        statuses = [s for (s,) in db_rows_of(db, recorded + " ORDER BY d.id", key)]
         assert statuses[-1] == "delivered" and set(statuses[:-1]) == {"retry"}
-        state = rows(db, "SELECT d.state FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
+        state = db_rows_of(db, "SELECT d.state FROM delivery_state d JOIN notifications n ON n.id = d.notification_id"
                          " WHERE n.key = ?", key)  # fmt: skip
         assert state == [("delivered",)]
         agent = await start(procs, ["run"], env, tmp_path / "agent2.log")  # the agent comes back

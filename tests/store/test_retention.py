@@ -20,6 +20,8 @@ from agent.events import Event, iso, parse_event
 from agent.exceptions import ConfigError
 from agent.store import Quarantined, Store
 
+from ..conftest import db_rows_of
+
 DAY = 86_400.0
 PAYLOADS = {
     "activity": '{"device_id":"d-%d","pad":"%s"}',
@@ -33,16 +35,8 @@ def event(n: int, ts: float, kind: str = "activity", pad: int = 0) -> Event:
     return parse_event({"id": f"e-{n}", "kind": kind, "app": "demo", "ts": iso(ts)}, text, 1 << 20)
 
 
-def rows(db: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
 def value(db: Path, sql: str, *params: Any) -> Any:
-    found = rows(db, sql, *params)
+    found = db_rows_of(db, sql, *params)
     return found[0][0] if found else None
 
 
@@ -104,7 +98,7 @@ async def test_old_arrivals_are_dropped_and_counted_state_kept(tmp_path: Path, c
         await store.barrier()
     finally:
         await store.close()
-    assert [r[0] for r in rows(db, "SELECT event_id FROM events ORDER BY event_id")] == ["e-2", "e-5"]
+    assert [r[0] for r in db_rows_of(db, "SELECT event_id FROM events ORDER BY event_id")] == ["e-2", "e-5"]
     assert value(db, "SELECT count(*) FROM api_calls") == 0
     assert value(db, "SELECT count(*) FROM devices") == 1  # current values are not judged by age
     assert value(db, "SELECT count(*) FROM quarantine") == 0
@@ -148,10 +142,10 @@ async def test_pass_prunes_aged_rows_and_keeps_the_rest(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert done["history"] == 300 and done["quarantine"] == 2
-    kept = {r[0] for r in rows(db, "SELECT event_id FROM events UNION ALL SELECT event_id FROM api_calls")}
+    kept = {r[0] for r in db_rows_of(db, "SELECT event_id FROM events UNION ALL SELECT event_id FROM api_calls")}
     assert kept == {f"e-{n}" for n in range(1, 201)}
     assert value(db, "SELECT count(*) FROM devices") == 1
-    assert [r[0] for r in rows(db, "SELECT raw FROM quarantine")] == ["<event n='2'/>"]
+    assert [r[0] for r in db_rows_of(db, "SELECT raw FROM quarantine")] == ["<event n='2'/>"]
 
 
 async def test_redelivery_inside_the_window_is_absorbed_after_a_pass(tmp_path: Path) -> None:
@@ -168,7 +162,7 @@ async def test_redelivery_inside_the_window_is_absorbed_after_a_pass(tmp_path: P
         await store.barrier()
     finally:
         await store.close()
-    assert [r[0] for r in rows(db, "SELECT event_id FROM events")] == ["e-1"]
+    assert [r[0] for r in db_rows_of(db, "SELECT event_id FROM events")] == ["e-1"]
     assert counter(db, "events_duplicate") == 1 and counter(db, "events_expired") == 1
 
 
@@ -237,10 +231,10 @@ async def test_notifications_go_once_every_sink_is_done(
         await run_pass(store)
     finally:
         await store.close()
-    left = {r[0] for r in rows(db, "SELECT id FROM notifications")}
+    left = {r[0] for r in db_rows_of(db, "SELECT id FROM notifications")}
     assert left == {1, 2, 3, 4, 5} - gone
-    assert {r[0] for r in rows(db, "SELECT notification_id FROM deliveries")} <= left
-    assert {r[0] for r in rows(db, "SELECT notification_id FROM delivery_state")} <= left
+    assert {r[0] for r in db_rows_of(db, "SELECT notification_id FROM deliveries")} <= left
+    assert {r[0] for r in db_rows_of(db, "SELECT notification_id FROM delivery_state")} <= left
     assert value(db, "SELECT count(*) FROM alerts") == 1
 
 
@@ -275,8 +269,8 @@ async def test_disk_low_fires_and_resolves(tmp_path: Path) -> None:
         await until(lambda: value(db, "SELECT state FROM alerts WHERE code = 'disk_low'") == "resolved")
     finally:
         await store.close()
-    found = rows(db, "SELECT source, app, api, severity FROM alerts WHERE code = 'disk_low'")
+    found = db_rows_of(db, "SELECT source, app, api, severity FROM alerts WHERE code = 'disk_low'")
     assert found == [("store", "", "disk", "warning")]
-    transitions = [r[0] for r in rows(db, "SELECT transition FROM notifications ORDER BY id")]
+    transitions = [r[0] for r in db_rows_of(db, "SELECT transition FROM notifications ORDER BY id")]
     assert transitions == ["firing", "resolved"]
     assert "XMPPMON_STORE__MIN_FREE_MB" in value(db, "SELECT detail FROM alerts WHERE code = 'disk_low'")
