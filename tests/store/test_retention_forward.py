@@ -13,7 +13,8 @@ from pathlib import Path
 
 from agent.events import iso
 
-from .test_retention import DAY, event, open_store, rows, run_pass, value
+from ..conftest import db_rows_of
+from .test_retention import DAY, event, open_store, run_pass, value
 
 
 def set_cursor(db: Path, **last_ids: int) -> None:
@@ -31,7 +32,7 @@ def set_cursor(db: Path, **last_ids: int) -> None:
 
 
 def kept(db: Path, table: str) -> set[str]:
-    return {r[0] for r in rows(db, f"SELECT event_id FROM {table}")}
+    return {r[0] for r in db_rows_of(db, f"SELECT event_id FROM {table}")}
 
 
 async def test_prune_keeps_what_the_forwarder_has_not_sent(tmp_path: Path) -> None:
@@ -45,7 +46,11 @@ async def test_prune_keeps_what_the_forwarder_has_not_sent(tmp_path: Path) -> No
         await store.barrier()
         store.submit_events([event(31, now), event(41, now, "api"), event(51, now, "device")], iso(now))
         await store.barrier()
-        assert [r[0] for r in rows(db, "SELECT event_id FROM state_changes ORDER BY id")] == ["e-21", "e-22", "e-51"]
+        assert [r[0] for r in db_rows_of(db, "SELECT event_id FROM state_changes ORDER BY id")] == [
+            "e-21",
+            "e-22",
+            "e-51",
+        ]
         # The forwarder has sent events 1..3 and state change 1; api_calls were never forwarded (no cursor).
         set_cursor(db, events=3, state_changes=1)
         await asyncio.sleep(2.6)  # the aging rows pass the 30-day limit
