@@ -85,6 +85,7 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: I
             if event.drift:
                 drifted.append((event, received_at))
     await conn.execute("BEGIN IMMEDIATE")
+    identity.begin()
     received = len(history) + len(api)
     history, restamped = await identity.split(conn, history, "events", 0, 3)
     api, restamped_api = await identity.split(conn, api, "api_calls", 0, 2)
@@ -144,8 +145,8 @@ async def write_batch(conn: aiosqlite.Connection, rules: AlertRules, identity: I
         now = utc_now()
         await conn.executemany(SET_STATE, [(k, v, now) for k, v in state.items()])
     await conn.commit()
+    identity.committed()
     rules.committed()
-    await identity.rotate(conn)
     return Commit(
         appended, sum(map(len, upserts.values())), duplicates, quarantined, time.perf_counter(),
         kinds=kinds, counters=counters, quarantine_reasons=reasons,

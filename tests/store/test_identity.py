@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import aiosqlite
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from agent.config import StoreSettings
 from agent.store import Quarantined, Store, connect_readonly
+from agent.store.identity import Identity
 
 from .test_writer import make_event
 
@@ -74,3 +79,68 @@ async def test_a_replayed_malformed_event_is_quarantined_once(tmp_path: Path) ->
     counters = _counters(path)
     assert counters["quarantined"] == 2
     assert counters["quarantine_replays"] == 1
+
+
+async def test_the_newest_window_ids_are_recognised(tmp_path: Path) -> None:
+    """With a window of 32 ids, the 32 newest are absorbed when re-stamped, the older ones are not (forgotten)."""
+    path = tmp_path / "m.db"
+    store = await Store.open(StoreSettings(path=path, flush_ms=1, identity_window=32))
+    for n in range(100):  # one commit each: the index freezes and forgets blocks as it goes
+        store.submit_events([make_event(n)], "r")
+        await store.barrier()
+    store.submit_events([make_event(n, ts="2026-11-23T00:00:00.000Z") for n in range(100)], "r")
+    await store.barrier()
+    await store.close()
+    again = _rows(path, "SELECT event_id FROM events WHERE ts = '2026-11-23T00:00:00.000Z'")
+    assert sorted(int(str(r[0])[2:]) for r in again) == list(range(68))
+    assert _counters(path)["events_duplicate"] == 32
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    commits=st.lists(
+        st.lists(st.tuples(st.integers(0, 40), st.sampled_from(["t1", "t2", "t3"])), min_size=1, max_size=6),
+        min_size=1, max_size=25,
+    ),
+    window=st.integers(2, 20),
+    failed=st.sets(st.integers(0, 24)),
+)  # fmt: skip
+async def test_identity_against_a_model(
+    tmp_path: Path, commits: list[list[tuple[int, str]]], window: int, failed: set[int]
+) -> None:
+    """Against a plain model: an id among the ``window`` newest stored is dropped when re-stamped, an id
+    never stored is kept, and a transaction that rolls back leaves nothing behind."""
+    async with aiosqlite.connect(":memory:") as conn:  # closed also when an assertion fails
+        await _check_against_model(conn, commits, window, failed)
+
+
+async def _check_against_model(
+    conn: aiosqlite.Connection, commits: list[list[tuple[int, str]]], window: int, failed: set[int]
+) -> None:
+    await conn.execute("CREATE TABLE events (event_id TEXT, ts TEXT, UNIQUE (ts, event_id))")
+    identity = Identity(window)
+    stored: dict[str, str] = {}  # id -> ts of its row (of its last row, for an id stored again once forgotten)
+    learned: list[str] = []  # ids in the order the index learned them (kept while it did not know them)
+    for number, rows in enumerate(commits):
+        batch = [(f"e-{n}", ts) for n, ts in rows]
+        identity.begin()  # as write_batch does: a transaction starts
+        unknown = {event_id for event_id, _ in batch if identity.stored_ts(event_id) is None}
+        newest = set(learned[-window:])
+        kept, _ = await identity.split(conn, batch, "events", 0, 1)
+        for event_id, ts in batch:
+            if event_id in newest:
+                assert identity.stored_ts(event_id) == stored[event_id], (event_id, learned)
+                if stored[event_id] != ts:
+                    assert (event_id, ts) not in kept, (event_id, learned)
+            if event_id not in stored and (event_id, ts) == next(r for r in batch if r[0] == event_id):
+                assert (event_id, ts) in kept
+        if number in failed:  # rolled back: what it staged must not be known
+            continue
+        await conn.executemany("INSERT OR IGNORE INTO events VALUES (?, ?)", kept)
+        identity.committed()
+        for event_id, ts in kept:
+            if event_id in unknown:
+                unknown.discard(event_id)
+                learned.append(event_id)
+                stored[event_id] = ts
+        assert len(identity) >= min(window, len(learned))
