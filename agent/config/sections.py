@@ -115,7 +115,9 @@ class StoreSettings(Section):
     max_backlog_records: int = Field(
         default=100_000, gt=0, description="records waiting for a commit before reads from the server pause"
     )
-    max_backlog_mb: int = Field(default=256, gt=0, description="or megabytes waiting (payloads and raw text)")
+    max_backlog_mb: int = Field(
+        default=256, gt=0, description="or megabytes they take in memory (~0.7 KB + the payload each)"
+    )
     max_commit_records: int = Field(
         default=10_000, gt=0, description="records per transaction: after a full disk, each freed megabyte commits"
     )
