@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 
-from agent.config.sections import Section
+from agent.config.sections import CaFile, Section
 
 _PLACEHOLDER = re.compile(r"\{([^}]*)\}")
 SUBJECT_FIELDS = ("account", "app", "kind")
@@ -25,7 +24,7 @@ class ForwardSettings(Section):
     credentials: SecretStr | None = Field(
         default=None, description="a NATS .creds file's text or a token (from $CREDENTIALS_DIRECTORY)"
     )
-    ca_file: Path | None = Field(default=None, description="trust this PEM for TLS instead of the system CAs")
+    ca_file: CaFile = Field(default=None, description="trust this PEM for TLS instead of the system CAs")
     max_lag_seconds: float = Field(default=300.0, gt=0, description="raise forward_lagging past this lag")
     duplicate_window: float = Field(default=3600.0, gt=0, description="seconds; for a stream it creates")
     replicas: int = Field(default=3, ge=1, le=5, description="for a stream it creates")
@@ -62,11 +61,4 @@ class ForwardSettings(Section):
         tokens = value.split(".")
         if any(not token or _BAD_TOKEN.search(token) for token in tokens):
             raise ValueError(f"{value!r} is not a NATS subject (empty token, space, '*' or '>')")
-        return value
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"CA file {value} does not exist or is not a file")
         return value

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 #: The Monitor API drops a connection that has sent nothing for this long (seed 000).
 SERVER_IDLE_LIMIT = 600.0
@@ -19,6 +19,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _existing_file(value: Path | None) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"CA file {value} does not exist or is not a file")
+    return value
+
+
+#: A PEM file to trust instead of the system CAs: it must exist when the settings load.
+CaFile = Annotated[Path | None, AfterValidator(_existing_file)]
+
+
 class XmppSettings(Section):
     """The agent's own XMPP account and how to reach its server."""
 
@@ -26,7 +36,7 @@ class XmppSettings(Section):
     password: SecretStr = SecretStr("")
     host: str | None = Field(default=None, description="server address; default: the JID's domain")
     port: int = Field(default=5222, ge=1, le=65535)
-    ca_file: Path | None = Field(default=None, description="trust this PEM instead of the system CAs")
+    ca_file: CaFile = Field(default=None, description="trust this PEM instead of the system CAs")
     resource: str = "xmppmon"
     negotiation_timeout: float = Field(default=20.0, gt=0, description="seconds from TCP to session")
 
@@ -35,13 +45,6 @@ class XmppSettings(Section):
     def _jid(cls, value: str) -> str:
         if not _JID.match(value):
             raise ValueError(f"{value!r} is not a JID of the form user@domain[/resource]")
-        return value
-
-    @field_validator("ca_file")
-    @classmethod
-    def _ca_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"CA file {value} does not exist or is not a file")
         return value
 
 
