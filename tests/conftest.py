@@ -54,45 +54,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]:
     """One private Prosody for the whole run, on free loopback ports."""
-    server = ProsodyServer(tmp_path_factory.mktemp("prosody"))
-    server.start()
-    try:
+    with ProsodyServer(tmp_path_factory.mktemp("prosody")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def private_prosody(tmp_path: Path) -> Iterator[ProsodyServer]:
     """A Prosody of this test's own, for tests that freeze, kill or restart it."""
-    server = ProsodyServer(tmp_path / "prosody")
-    server.start()
-    try:
+    with ProsodyServer(tmp_path / "prosody") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def ejabberd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EjabberdServer]:
     """One private ejabberd (SQLite storage) for the whole run, on free loopback ports."""
-    server = EjabberdServer(tmp_path_factory.mktemp("ejabberd"))
-    server.start()
-    try:
+    with EjabberdServer(tmp_path_factory.mktemp("ejabberd")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def private_ejabberd(tmp_path: Path) -> Iterator[EjabberdServer]:
     """An ejabberd of this test's own, for tests that freeze, kill or restart it."""
-    server = EjabberdServer(tmp_path / "ejabberd")
-    server.start()
-    try:
+    with EjabberdServer(tmp_path / "ejabberd") as server:
         yield server
-    finally:
-        server.stop()
 
 
 #: One parameter per server, marked so that a missing server fails the run (see above).

@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
@@ -109,10 +108,3 @@ class AzuriteServer(ServerProcess):
     def download(self, container: str, blob: str) -> bytes:
         with self.service() as service:
             return service.get_blob_client(container, blob).download_blob().readall()
-
-    def __enter__(self) -> AzuriteServer:
-        self.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()

@@ -22,11 +22,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from agent.exceptions import LabError
 from agent.lab.net import free_loopback_port, tail
-from agent.lab.process import ServerProcess
+from agent.lab.process import ServerProcess, StartStop
 
 NATS_SERVER = "nats-server"
 
@@ -146,7 +145,7 @@ class NatsNode(ServerProcess):
 
 
 @dataclass
-class NatsCluster:
+class NatsCluster(StartStop):
     """``size`` JetStream nodes routed to each other on loopback (``size=1``: a plain single node)."""
 
     workdir: Path
@@ -188,12 +187,3 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> NatsCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

@@ -11,11 +11,29 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Self
 
 from agent.exceptions import LabError
 
 
-class ServerProcess:
+class StartStop:
+    """A lab server as a context manager: started on entry, stopped on exit."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class ServerProcess(StartStop):
     """Mixin for a server dataclass; ``label`` names it in errors, ``error`` is the error class raised."""
 
     label = "server"

@@ -21,7 +21,6 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
 from agent.lab.net import c2s_header, component_header, exchange, free_loopback_port, tail
 from agent.lab.process import ServerProcess
@@ -187,18 +186,6 @@ class ProsodyServer(ServerProcess):
         """
         self._require_running()
         return self._prosodyctl("shell", command, timeout=timeout)
-
-    def __enter__(self) -> ProsodyServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals ---------------------------------------------------------
 

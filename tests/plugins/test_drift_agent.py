@@ -10,8 +10,8 @@ import pytest
 
 from agent.lab.prosody import ProsodyServer
 
+from ..agentproc import AgentProcess
 from ..conftest import agent_env, agent_state, db_value, new_account, wait_until
-from ..session.test_faults import AgentProcess
 from .test_hostile import RawComponent, event, message
 
 pytestmark = [pytest.mark.prosody, pytest.mark.timeout(180)]

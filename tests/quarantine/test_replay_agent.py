@@ -14,9 +14,9 @@ import pytest
 
 from agent.lab.prosody import ProsodyServer
 
+from ..agentproc import AgentProcess
 from ..conftest import agent_env, agent_state, db_value, new_account, wait_until
 from ..plugins.test_hostile import RawComponent, event, message
-from ..session.test_faults import AgentProcess
 
 pytestmark = [pytest.mark.prosody, pytest.mark.timeout(240)]
 

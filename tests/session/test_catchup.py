@@ -11,8 +11,9 @@ import pytest
 
 from agent.lab import emulator
 
+from ..agentproc import AgentProcess
 from ..conftest import emulator_options, new_account, own_server, wait_until
-from .test_faults import AgentProcess, assert_exactly_once, spawn, stored  # noqa: F401 - spawn is a fixture
+from .test_faults import assert_exactly_once, spawn, stored  # noqa: F401 - spawn is a fixture
 
 pytestmark = pytest.mark.timeout(480)
 

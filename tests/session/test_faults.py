@@ -13,7 +13,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from agent.lab import emulator
 from agent.lab.servers import XmppServer
 
+from ..agentproc import AgentProcess
 from ..conftest import (
     agent_env,
     agent_state,
@@ -37,32 +37,6 @@ from ..conftest import (
 pytestmark = pytest.mark.timeout(240)
 
 HISTORY_AND_API = ("activity", "event", "job", "error", "crash", "api")
-
-
-class AgentProcess:
-    """``xmppmon run`` as a child process, its log appended to one file across restarts."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run"], env=self.env, stderr=out, stdout=out)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.terminate()
-        return self.proc.wait(30)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from werkzeug import Request, Response
 from agent.lab import emulator
 from agent.lab.prosody import ProsodyServer
 
+from ..agentproc import Proc, fill, free_bytes, tmpfs
 from ..conftest import agent_env, agent_state, db_rows_of, db_value, emulator_options, new_account, wait_until
-from .agentproc import Proc, fill, free_bytes, tmpfs
 
 pytestmark = [pytest.mark.prosody, pytest.mark.timeout(300)]
 HISTORY = ("activity", "event", "job", "error", "crash")

@@ -23,8 +23,8 @@ from agent.lab.emulator.send import component
 from agent.lab.prosody import ProsodyServer
 from agent.store import Store
 
+from ..agentproc import XMPPMON, Proc, free_bytes, tmpfs
 from ..conftest import agent_env, agent_state, db_value, emulator_options, new_account, wait_until
-from .agentproc import XMPPMON, Proc, free_bytes, tmpfs
 
 pytestmark = [pytest.mark.prosody, pytest.mark.timeout(240)]
 DAY = 86_400.0

@@ -28,7 +28,6 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from agent.lab.ejabberd import config, node, storage, vm
@@ -207,15 +206,6 @@ class EjabberdServer(EjabberdPaths, ServerProcess):
     def config(self) -> dict[str, Any]:
         """The configuration :meth:`start` writes, as a mapping (before JSON encoding)."""
         return config.render_config(self)
-
-    def __enter__(self) -> EjabberdServer:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- internals --------------------------------------------------------------------------------
 

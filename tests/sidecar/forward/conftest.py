@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ import pytest
 from agent.lab.nats import NatsCluster
 from agent.lab.prosody import ProsodyServer
 
+from ...agentproc import Proc
 from ...conftest import agent_env, db_value, wait_until
 
 ACCOUNT = "acct"
@@ -36,42 +35,13 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         nodes.stop()
 
 
-class Proc:
-    """``xmppmon run`` or ``xmppmon sidecar`` as a child process, its output appended to one file across restarts."""
-
-    def __init__(self, command: str, env: dict[str, str], log: Path) -> None:
-        self.command, self.env, self.log = command, env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", self.command], env=self.env, stdout=out, stderr=out
-            )
-
-    def kill(self) -> None:
-        """SIGKILL: no clean shutdown."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.terminate()
-        return self.proc.wait(30)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Callable[[str, dict[str, str]], Proc]]:
     """Start processes (killed at the end if still running)."""
     made: list[Proc] = []
 
     def start(command: str, env: dict[str, str]) -> Proc:
-        proc = Proc(command, env, tmp_path / f"{command}.log")
+        proc = Proc([command], env, tmp_path / f"{command}.log")
         made.append(proc)
         proc.start()
         return proc

@@ -29,6 +29,12 @@ class Proc:
             self.proc = subprocess.Popen([*XMPPMON, *self.args], env=self.env, stdout=out, stderr=out)
         return self
 
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -73,6 +79,13 @@ def tmpfs(where: Path, megabytes: int) -> Iterator[Path]:
             time.sleep(0.1)
         else:
             subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+class AgentProcess(Proc):
+    """``xmppmon run`` as a child process, its log appended to one file across restarts."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        super().__init__(["run"], env, log)
 
 
 def free_bytes(folder: Path) -> int:
