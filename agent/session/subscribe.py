@@ -76,16 +76,18 @@ class Subscriber:
             error = exc.iq["error"]
             condition, code = error["condition"], error["code"] or "?"
             text = error["text"]
-            log.bind(app=app).error(
-                "subscription of app {} refused: {} ({}){}",
-                app, condition, code, f": {text}" if text else "",
+            retry = error["type"] == "wait" or condition in TRANSIENT
+            # Error: an operator must act. Warning: the service is busy or not there yet; retried.
+            log.bind(app=app).log(
+                "WARNING" if retry else "ERROR", "subscription of app {} refused: {} ({}){}{}",
+                app, condition, code, f": {text}" if text else "", "; retrying" if retry else "",
             )  # fmt: skip
             self.store.count("subscriptions_refused")
             alert_code = code if code.isdigit() else CONDITION_CODES.get(condition, condition)
             self.store.observe("subscription", alert_code, app=app, detail=f"{condition}: {text}")
-            return SubscribeOutcome(f"{condition} ({code})", retry=error["type"] == "wait" or condition in TRANSIENT)
+            return SubscribeOutcome(f"{condition} ({code})", retry=retry)
         except IqTimeout:
-            log.bind(app=app).error("subscription of app {}: no answer from {}", app, monitor.jid)
+            log.bind(app=app).warning("subscription of app {}: no answer from {}; retrying", app, monitor.jid)
             self.store.observe("subscription", "504", app=app, detail=f"no answer from {monitor.jid}")
             return SubscribeOutcome("timeout", retry=True)
         log.bind(app=app).info("subscribed to app {}", app)

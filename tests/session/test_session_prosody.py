@@ -12,8 +12,9 @@ from agent.exceptions import SessionError
 from agent.lab import emulator
 from agent.lab.servers import XmppServer
 
-from ..conftest import (
+from ..conftest import (  # noqa: F401 - captured_logs is a fixture
     agent_state,
+    captured_logs,
     db_value,
     emulator_options,
     make_settings,
@@ -32,8 +33,13 @@ def connected(db: Path) -> bool:
     return (agent_state(db, "session") or "").startswith("connected")
 
 
-async def test_subscription_success_and_refusals(xmpp_server: XmppServer, tmp_path: Path) -> None:
-    """Apps are subscribed after the session starts; each refusal is recorded with its XEP-0086 code."""
+async def test_subscription_success_and_refusals(
+    xmpp_server: XmppServer,
+    tmp_path: Path,
+    captured_logs: list[str],  # noqa: F811 - the fixture imported above
+) -> None:
+    """Apps are subscribed after the session starts; each refusal is recorded with its XEP-0086 code,
+    and logged as an error: it needs an operator."""
     db = tmp_path / "m.db"
     apps = [
         {"app": "demo", "key": "demo-key"},
@@ -51,6 +57,9 @@ async def test_subscription_success_and_refusals(xmpp_server: XmppServer, tmp_pa
     assert '"demo":"not-authorized (401)"' in subs
     assert '"billing":"payment-required (402)"' in subs
     assert '"nosuch":"item-not-found (404)"' in subs
+    refusals = [line for line in captured_logs if "subscription of app" in line]
+    assert any("payment-required (402)" in line for line in refusals), refusals
+    assert refusals and all(line.startswith("ERROR") for line in refusals), refusals
 
     db2 = tmp_path / "ok.db"
     settings = make_settings(xmpp_server, db2, new_account(xmpp_server), monitor={"apps": apps[:1]})
@@ -62,10 +71,13 @@ async def test_subscription_success_and_refusals(xmpp_server: XmppServer, tmp_pa
 
 
 async def test_subscription_waits_for_a_monitor_component_that_connects_later(
-    xmpp_server: XmppServer, tmp_path: Path
+    xmpp_server: XmppServer,
+    tmp_path: Path,
+    captured_logs: list[str],  # noqa: F811 - the fixture imported above
 ) -> None:
     """The Monitor component connects after the agent: the refusal its absence causes (ejabberd:
-    ``remote-server-not-found``, type cancel) is retried with backoff until the subscription succeeds."""
+    ``remote-server-not-found``, type cancel) is retried with backoff until the subscription succeeds,
+    and logged as a warning that says so: no operator is needed."""
     db = tmp_path / "m.db"
     settings = make_settings(xmpp_server, db, new_account(xmpp_server))
     stop = asyncio.Event()
@@ -76,6 +88,8 @@ async def test_subscription_waits_for_a_monitor_component_that_connects_later(
             await wait_until(lambda: agent_state(db, "subscriptions") == '{"demo":"ok"}', timeout=90, what="subscribed")
             stop.set()
             await asyncio.wait_for(agent, 15)
+    retried = [line for line in captured_logs if "subscription of app demo" in line]
+    assert retried and all(line.startswith("WARNING") and "retrying" in line for line in retried), retried
 
 
 async def test_every_kind_lands_exactly_once_with_malformed_and_duplicates(
