@@ -101,6 +101,7 @@ class AlertRules:
     _active: dict[Identity, Alert] | None = None
     _pending: list[Observation] = field(default_factory=list)
     _inflight: list[Observation] = field(default_factory=list)
+    _taken: bool = False  # needs() took this evaluation's observations
     _last_sweep: float = 0.0
     _out: list[Transition] = field(default_factory=list)
     _next: AlertSettings | None = None
@@ -145,7 +146,10 @@ class AlertRules:
             entry = classify(str(status))
             if entry.cls != "ok":
                 wanted.add(self._identity(("api", app, str(status), api), entry))
-        for obs in self._pending:
+        # This evaluation's observations: the caller awaits its reads before evaluate(), and one
+        # queued meanwhile, whose stored row was not read, waits for the next evaluation.
+        self._inflight, self._pending, self._taken = self._pending, [], True
+        for obs in self._inflight:
             if not obs.ok:
                 wanted.add(self._identity((obs.source, obs.app, obs.code, obs.api), classify(obs.code)))
         return {identity for identity in wanted if identity not in self._active}
@@ -161,13 +165,15 @@ class AlertRules:
         ``api_counts`` maps (app, api, status) to occurrences; ``stored`` holds the stored state of
         the identities :meth:`needs` named (absent ones are new).
         """
+        if not self._taken:  # no needs() first: everything queued is this evaluation's
+            self._inflight, self._pending = self._pending, []
+        self._taken = False
         if not self.settings.enabled:
-            self._pending.clear()
+            self._inflight.clear()
             return Outcome([], [])
         assert self._active is not None, "load() first"
         now = time.time() if now is None else now
         stored = stored or {}
-        self._inflight, self._pending = self._pending, []
         dirty: dict[Identity, Alert] = {}
         oks: set[tuple[str, str, str]] = set()
         for (app, api, status), n in (api_counts or {}).items():
@@ -198,7 +204,7 @@ class AlertRules:
     def rollback(self) -> None:
         """The transaction failed: requeue its observations and forget the cached state."""
         self._pending = self._inflight + self._pending
-        self._inflight = []
+        self._inflight, self._taken = [], False
         self._out.clear()
         self._active = None
 

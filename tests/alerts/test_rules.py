@@ -200,3 +200,48 @@ def test_rules_are_pure_observations_in_transitions_out() -> None:
     resolved = rules.evaluate(Counter({("shop", "push", 200): 1}), {}, now=200.0)
     assert [(t.transition, t.snapshot["reason"]) for t in resolved.transitions] == [("resolved", "ok")]
     assert rules.notifications == 2
+
+
+class _ObservingConnection:
+    """The real connection, whose first read of one alert queues an observation: the session does
+    that while the writer awaits its reads (a ping timeout at that moment)."""
+
+    def __init__(self, conn: aiosqlite.Connection, engine: AlertRules, observation: Observation) -> None:
+        self.conn, self.engine, self.observation = conn, engine, observation
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.conn, name)
+
+    async def execute_fetchall(self, sql: str, params: object = ()) -> object:
+        rows = await self.conn.execute_fetchall(sql, params)  # type: ignore[arg-type]
+        if self.observation is not None and "WHERE source = ?" in sql:
+            self.engine.observe(self.observation)
+            self.observation = None  # type: ignore[assignment]
+        return rows
+
+
+async def test_an_observation_queued_while_the_rules_read_waits_for_the_next_evaluation(tmp_path: Path) -> None:
+    """An observation queued between needs() and evaluate() was evaluated without its stored row: a
+    resolved alert was inserted a second time ('UNIQUE constraint failed: alerts...'), the writer's
+    commit failed and the store raised store_failing. It now waits for the next evaluation, which
+    reads its row first: one alert row, fired again."""
+    settings = AlertSettings(sweep_seconds=1, rules={"auth": AlertRule(resolve_hold_seconds=0)})
+    engine = AlertRules(settings, frozenset({"session", "subscription"}))
+    async with aiosqlite.connect(tmp_path / "e.db", isolation_level=None) as conn:
+        await migrate(conn)
+        t = 3_000_000.0
+        engine.observe(Observation("subscription", "401", app="shop"))
+        await apply_rules(conn, engine, now=t)
+        engine.observe(Observation("subscription", "ok", app="shop", ok=True))
+        for dt in (1, 400, 800):  # resolved, then forgotten by the cache
+            await apply_rules(conn, engine, now=t + dt)
+        assert await conn.execute_fetchall("SELECT state FROM alerts") == [("resolved",)]
+        engine.observe(Observation("subscription", "403", app="other"))  # a read happens for this one...
+        racing = _ObservingConnection(conn, engine, Observation("subscription", "401", app="shop"))
+        await conn.execute("BEGIN")
+        await apply_rules(racing, engine, now=t + 900)  # type: ignore[arg-type]  # ...during which the 401 comes
+        engine.committed()
+        await conn.execute("COMMIT")
+        await apply_rules(conn, engine, now=t + 901)
+        states = sorted(await conn.execute_fetchall("SELECT app, code, state FROM alerts"))
+    assert states == [("other", "403", "firing"), ("shop", "401", "firing")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 from slixmpp import ClientXMPP
@@ -175,6 +177,30 @@ async def test_keepalive_pings_are_answered(xmpp_server: XmppServer, tmp_path: P
         stop.set()
         await asyncio.wait_for(agent, 15)
     assert float(agent_state(db, "last_ping_rtt_ms") or "nan") < 2000
+
+
+async def test_a_blocked_event_loop_is_not_a_silent_server(private_xmpp_server: XmppServer, tmp_path: Path) -> None:
+    """The agent's own event loop blocked past the ping timeout (a long step, a starved CPU) while the
+    answer to a ping arrives: it waits in the socket, unread. That is not a silent server: asyncio
+    reads the socket before it runs the expired timers, so the keepalive sees the answer and the
+    connection stays. (The server is frozen for a moment first, so that a ping is in flight.)"""
+    server, db = private_xmpp_server, tmp_path / "m.db"
+    settings = make_settings(server, db, new_account(server), keepalive={"interval": 0.3, "timeout": 2})
+    stop = asyncio.Event()
+    async with running(run_agent(settings, stop)) as agent:
+        await wait_until(lambda: connected(db), what="session")
+        for _ in range(3):
+            server.freeze()
+            await asyncio.sleep(0.8)  # a ping goes out and waits for its answer
+            threading.Timer(0.3, server.thaw).start()  # the answer comes while the loop is blocked
+            time.sleep(4)  # on purpose: the loop blocked past the 2 s timeout
+            await asyncio.sleep(1)
+        pinged = agent_state(db, "last_ping_at")
+        await wait_until(lambda: agent_state(db, "last_ping_at") != pinged, what="pings go on")
+        stop.set()
+        await asyncio.wait_for(agent, 15)
+    assert agent_state(db, "last_error") != "ping timeout"
+    assert db_value(db, "SELECT value FROM counters WHERE name = 'ping_timeouts'") is None
 
 
 async def test_recovers_from_frozen_server_and_resumes(private_xmpp_server: XmppServer, tmp_path: Path) -> None:
