@@ -350,11 +350,11 @@ class Soak:
             sidecar.start()
             want["sidecar"] = True
             run.notes.append(f"old sidecar exited {rc}; sink 'late' added after notification {top}")
-        elif kind == "prosody_freeze":
+        elif kind == "server_freeze":
             server.freeze()
             await asyncio.sleep(d)
             server.thaw()
-        elif kind == "prosody_kill":
+        elif kind == "server_kill":
             await self.stream.pause()  # nothing in flight: a server killed mid-stanza loses it (docs)
             await asyncio.sleep(0.5)
             server.kill()
