@@ -396,6 +396,12 @@ def test_regression_seed(tmp_path: Path, seed: int) -> None:
 EJABBERD_SEED, EJABBERD_MINUTES = 8, 2
 
 
+def test_ejabberd_profile_covers_every_fault_kind() -> None:
+    """The short ejabberd soak's plan has every fault kind but the flood (guards its seed and length)."""
+    counts = make_plan(EJABBERD_SEED, EJABBERD_MINUTES, 400).counts()
+    assert [k for k in KINDS if k != "disk_full_flood" and not counts[k]] == []
+
+
 @pytest.mark.soak  # not also "ejabberd": `-m ejabberd` must not pull in a soak (it runs its own server)
 @pytest.mark.soak_regression
 @pytest.mark.timeout(1200)
