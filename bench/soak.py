@@ -1,19 +1,23 @@
-"""The chaos soak: a real Prosody, the emulator, the agent and the sidecar under overlapping faults.
+"""The chaos soak: a real Prosody or ejabberd, the emulator, the agent and the sidecar under overlapping faults.
 
 Usage (as root: it mounts a tmpfs for the database and cuts TCP connections with ``ss -K``)::
 
-    .venv/bin/python bench/soak.py --seed 1 --minutes 3 [--json soak.json] [--workdir DIR]
+    .venv/bin/python bench/soak.py --seed 1 --minutes 3 [--server ejabberd] [--json soak.json] [--workdir DIR]
 
 It streams at a sustained rate with bursts (every kind, malformed events, duplicates, api status
 codes whose alerts fire and resolve), injects faults on a schedule fixed by ``--seed`` (kill -9 of
 the agent, also during an archive catch-up and during a writer backlog; kill -9 of the sidecar;
-Prosody frozen, killed and restarted; ``ss -K`` cuts; the database's tmpfs filled; the database
+the server frozen, killed and restarted (server_freeze, server_kill; formerly prosody_*); ``ss -K`` cuts; the database's tmpfs filled; the database
 locked by an outside writer; the webhook answering 500, 429, 207, 413, hanging, or down; a sink
 added mid-run), checks after each fault that it settles, and at the end (stream over, quiescence,
 SIGTERM) checks the invariants against the database, the emulator's record and the receiver's
 log. It prints a table of faults x results and of invariants, writes ``--json`` if asked, and
 exits 1 if any invariant fails (2 if the harness itself failed). The work directory (logs, the
 emulator's record, a copy of the database) is kept; its path is printed.
+
+The server is Prosody (default) or ejabberd (``--server ejabberd``: Debian's ejabberd and
+erlang-p1-sqlite3, as ``make deps`` installs them; SQL archive, no shaper, no offline limit,
+``max_ack_queue`` 500; bench/chaos/servers.py says why). A seed's plan is the same on both servers.
 
 See bench/chaos/ for the parts, and docs/reliability.md for what the invariants promise.
 """
@@ -30,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from agent.lab.servers import SERVER_KINDS  # noqa: E402
 from bench.chaos import report  # noqa: E402
 from bench.chaos.run import Options, soak_main  # noqa: E402
 
@@ -39,13 +44,18 @@ def parse(argv: list[str] | None = None) -> Options:
     a = p.add_argument
     a("--seed", type=int, required=True, help="fixes the stream and the fault schedule")
     a("--minutes", type=float, required=True, help="length of the stream (faults fall within it)")
-    a("--server", default="prosody", choices=["prosody"], help="the XMPP server (only prosody so far)")
+    a(
+        "--server",
+        default="prosody",
+        choices=list(SERVER_KINDS),
+        help="the XMPP server: prosody or ejabberd (same plan for a seed on both) (default %(default)s)",
+    )
     a(
         "--archive",
         default="sql",
         choices=["sql", "internal"],
         help="Prosody's archive storage: sql (SQLite, needs lua-dbi-sqlite3) or internal (files; every MAM page"
-        " reads the whole archive, so catch-ups crawl) (default %(default)s)",
+        " reads the whole archive, so catch-ups crawl); ejabberd's is always sql (default %(default)s)",
     )
     a("--rate", type=float, default=400.0, help="base events/s (bursts are 5x) (default %(default)s)")
     a("--json", type=Path, default=None, metavar="PATH", help="write the summary as JSON")
@@ -66,7 +76,8 @@ def parse(argv: list[str] | None = None) -> Options:
         "--only",
         default=None,
         metavar="KINDS",
-        help="keep only these fault kinds (comma list; '' for none: a control run that must pass)",
+        help="keep only these fault kinds (comma list; '' for none: a control run that must pass;"
+        " prosody_freeze/prosody_kill still name server_freeze/server_kill)",
     )
     a("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)

@@ -80,6 +80,8 @@ def render(soak: Soak, checks: list[Check], agent_log: dict[str, Any] | None = N
     ]
     if agent_log:
         parts += ["", "agent log: " + ", ".join(f"{k} {v}" for k, v in agent_log["counts"].items())]
+    if "archive" in soak.final:
+        parts.append(f"server: {soak.final['archive']}")
     failed = [c for c in checks if not c.ok]
     if failed:
         parts.append("")

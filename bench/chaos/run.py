@@ -1,6 +1,7 @@
 """The soak itself: start everything, stream, inject the planned faults, settle, stop, check.
 
-Everything runs on 127.0.0.1 under one work directory: a private Prosody, the emulator (one
+Everything runs on 127.0.0.1 under one work directory: a private Prosody or ejabberd
+(:mod:`.servers`), the emulator (one
 process per stream segment, :mod:`.emulate`), ``xmppmon run`` with its database on a tmpfs the
 soak mounts, ``xmppmon sidecar`` with a webhook sink pointing at :class:`.receiver.Receiver`.
 The run is bounded: the stream ends by itself, faults end before it, quiescence has a deadline,
@@ -28,9 +29,10 @@ from typing import Any
 import orjson
 
 from agent.events import iso
-from agent.lab.prosody import ProsodyServer
+from agent.lab.servers import SERVER_KINDS, XmppServer
 
 from . import invariants as inv
+from . import servers
 from .observe import FaultRun, Tracker
 from .procs import Child, cut_tcp, fill, hold_write_lock, log_has, mount_tmpfs, parse_log, umount
 from .receiver import Receiver
@@ -39,22 +41,9 @@ from .schedule import Fault, Plan, Segment, make_plan
 ROOT = Path(__file__).resolve().parents[2]
 APPS = {"demo": "demo-key", "shop": "shop-key"}
 REFUSED = {"locked": 402}  # subscribed by the agent, refused by the emulator: a subscription alert
-#: Prosody's archive in SQLite (mod_storage_sql, Debian's lua-dbi-sqlite3). Its internal storage
-#: reads and parses the whole archive file for every MAM page, so a catch-up that pages through a
-#: few minutes of this stream takes minutes: a server limit, not the agent's. "--archive internal" keeps it.
-#: Set for the virtual host: a second global ``storage`` would be a duplicate option, which Prosody
-#: 0.12 reports with a line number it cannot find when the config's path is long (it then refuses
-#: the config: "bad argument #2 to 'format'"). The template opens the same host again after this.
-SQL_ARCHIVE = """
-VirtualHost "{domain}"
-storage = {{ archive = "sql" }}
-sql = {{ driver = "SQLite3", database = "prosody.sqlite" }}
-"""
 #: The agent's backlog limit in the soak: 100 s of the base rate. With the default (100,000 records)
 #: a long locked database took the agent to 231 MB (seed 60), over the 200 MB the soak states.
 BACKLOG_RECORDS = 40_000
-SERVER_QUEUE = 100  # smacks_max_queue_size: overflows after ~2.5 s down at the base rate
-HIBERNATION = 30  # smacks_hibernation_time
 ALERT_RULES = {
     cls: {"resolve_hold_seconds": 2, "quiet_seconds": 30, "repeat_seconds": 20, "flap_seconds": 10}
     for cls in ("auth", "billing", "forbidden", "client", "rate", "server", "unavailable", "timeout")
@@ -177,7 +166,7 @@ class Soak:
     plan: Plan
     work: Path
     t0: float = 0.0
-    server: ProsodyServer = field(init=False)
+    server: XmppServer = field(init=False)
     account: tuple[str, str] = ("", "")
     receiver: Receiver = field(default_factory=Receiver)
     base_env: dict[str, str] = field(default_factory=dict)
@@ -355,11 +344,11 @@ class Soak:
             sidecar.start()
             want["sidecar"] = True
             run.notes.append(f"old sidecar exited {rc}; sink 'late' added after notification {top}")
-        elif kind == "prosody_freeze":
+        elif kind == "server_freeze":
             server.freeze()
             await asyncio.sleep(d)
             server.thaw()
-        elif kind == "prosody_kill":
+        elif kind == "server_kill":
             await self.stream.pause()  # nothing in flight: a server killed mid-stanza loses it (docs)
             await asyncio.sleep(0.5)
             server.kill()
@@ -399,9 +388,9 @@ class Soak:
             raise ValueError(f"unknown fault {kind}")
 
     def keep_server_log(self) -> None:
-        """Prosody's log is truncated at each start: keep each run's copy in the logs folder."""
+        """The server's logs are truncated at each start: keep each run's copy in the logs folder."""
         self.server_starts = getattr(self, "server_starts", 0) + 1
-        for src, name in ((self.server.log_path, "prosody"), (self.server.console_path, "prosody-console")):
+        for src, name in servers.logs(self.server):
             with contextlib.suppress(OSError):
                 (self.logs / f"{name}.{self.server_starts}.log").write_bytes(src.read_bytes())
 
@@ -440,16 +429,9 @@ class Soak:
 
     async def run(self) -> None:
         opts, plan = self.opts, self.plan
-        if opts.archive == "sql" and not list(Path("/usr/lib").glob("*/lua/5.*/dbd/sqlite3.so")):
-            raise RuntimeError(
-                "Prosody's SQL archive needs Debian's lua-dbi-sqlite3 (make deps installs it); or run with --archive internal"
-            )
+        self.server = servers.build(opts.server, self.work, opts.archive)
         mount_tmpfs(self.disk, self.tmpfs_size())
         self.mounted = True
-        self.server = ProsodyServer(
-            self.work / "prosody", hibernation_time=HIBERNATION, max_queue_size=SERVER_QUEUE,
-            extra_config=SQL_ARCHIVE.format(domain="localhost") if self.opts.archive == "sql" else "",
-        )  # fmt: skip
         await asyncio.to_thread(self.server.start)
         self.account = (self.server.register("soak", "soak-secret-pw"), "soak-secret-pw")
         self.receiver.start()
@@ -707,48 +689,6 @@ def read_event_log(path: Path) -> list[tuple[str, str, str]]:
     return out
 
 
-def _sql_archive(data_dir: Path) -> list[tuple[str, float, str]]:
-    """(key, when, stanza) of every item of Prosody's SQL archive, if it has one."""
-    path = data_dir / "prosody.sqlite"
-    if not path.exists():
-        return []
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-    try:
-        return [(str(k), float(w), str(v)) for k, w, v in
-                conn.execute('SELECT key, "when", value FROM prosodyarchive WHERE store = \'archive\'')]  # fmt: skip
-    except sqlite3.Error:
-        return []
-    finally:
-        conn.close()
-
-
-def archived_ids(data_dir: Path) -> set[str]:
-    """Every UUID in the server's archive (files or SQL) (for "is the lost event still on the server?")."""
-    uuid = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-    out: set[str] = set()
-    for path in data_dir.rglob("*"):
-        if path.is_file() and "archive" in str(path.relative_to(data_dir)):
-            out.update(m.decode() for m in uuid.findall(path.read_bytes()))
-    for _key, _when, value in _sql_archive(data_dir):
-        out.update(m.decode() for m in uuid.findall(value.encode()))
-    return out
-
-
-def archive_times(data_dir: Path) -> dict[str, float]:
-    """Archive id (XEP-0359 stanza-id) -> when the server archived it, from Prosody's internal or SQL storage."""
-    key = re.compile(rb'\["key"\] = "([^"]+)";')
-    when = re.compile(rb'\["when"\] = ([0-9.]+);')
-    out: dict[str, float] = {}
-    for path in data_dir.rglob("*"):
-        if path.is_file() and "archive" in str(path.relative_to(data_dir)):
-            for item in path.read_bytes().split(b"item({")[1:]:
-                k, w = key.search(item), when.search(item)
-                if k and w:
-                    out[k.group(1).decode()] = float(w.group(1))
-    out.update((k, w) for k, w, _v in _sql_archive(data_dir))  # whole seconds there
-    return out
-
-
 def annotate(text: str, when: dict[str, float], t0: float) -> str:
     """Add to each archive id named after 'after id ' or 'mam_last_id ' when the server archived it."""
 
@@ -816,9 +756,15 @@ def evaluate(soak: Soak) -> dict[str, Any]:
     sent_ts = {r["id"]: r["ts"] for r in valid}
     expected = {i for i, kind, _app in official if kind in inv.COUNTED_KINDS}
     checks: list[inv.Check] = []
-    archived = archived_ids(soak.server.data_dir)
+    inspected = servers.archive_inspected(soak.server)
+    archived = servers.archived_ids(soak.server) if inspected else None
+    soak.final["archive"] = (
+        f"{soak.opts.server}'s archive inspected: {len(archived)} event ids in it"
+        if archived is not None
+        else f"archive not inspected: no archive of {soak.opts.server} to read (lost events are not looked up in it)"
+    )
     agent_log = timeline(soak.logs, "agent")
-    when = archive_times(soak.server.data_dir)
+    when = servers.archive_times(soak.server)
     log = [(t, annotate(m, when, t0)) for t, _level, m in agent_log]
     for f in soak.faults:
         f.notes = [annotate(n, when, t0) for n in f.notes]
@@ -902,8 +848,8 @@ def harness_check(soak: Soak, official: list[tuple[str, str, str]], valid: list[
 
 
 async def soak_main(opts: Options) -> tuple[Soak, dict[str, Any] | None]:
-    if opts.server != "prosody":
-        raise SystemExit(f"--server {opts.server}: only prosody is supported so far")
+    if opts.server not in SERVER_KINDS:
+        raise SystemExit(f"--server {opts.server}: choose one of {', '.join(SERVER_KINDS)}")
     if os.geteuid() != 0:
         raise SystemExit("the soak mounts a tmpfs and cuts TCP connections: run it as root")
     plan = make_plan(opts.seed, opts.minutes, opts.rate, opts.flood, opts.only)

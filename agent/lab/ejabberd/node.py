@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -103,3 +104,22 @@ def ctl(server: EjabberdServer, libs: Path, args: tuple[str, ...], timeout: floa
     if result.returncode != 0:
         raise EjabberdError(f"{what} exited with status {result.returncode}: {output or '<no output>'}")
     return output
+
+
+def start_sql_pool(server: EjabberdServer, libs: Path, deadline: float) -> None:
+    """Make ejabberd start its SQL pool now, with one query, before anything else uses it.
+
+    ejabberd 23.01 starts the pool lazily, at the first query, and a query made by another process
+    while it starts fails (badarg in ``ejabberd_sql:get_worker/1``): a stanza routed then is dropped
+    without a trace (no archive row, no offline row, no bounce). A client that logs in meanwhile
+    (the port is open) may start it first and make this call fail: it is retried until ``deadline``
+    (``time.monotonic()``).
+    """
+    while True:
+        try:
+            ctl(server, libs, ("registered_users", server.domain), max(1.0, deadline - time.monotonic()))
+            return
+        except EjabberdError:
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.1)

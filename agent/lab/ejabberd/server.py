@@ -270,6 +270,7 @@ class EjabberdServer(EjabberdPaths, ServerProcess):
             try:
                 exchange(self.c2s_port, c2s_header(self.domain), b"<stream:features")
                 exchange(self.component_port, component_header(self.component), b"<stream:stream")
+                node.start_sql_pool(self, self._libs(), deadline)  # see there: else a stanza may be dropped
                 return
             except OSError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
