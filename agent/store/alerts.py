@@ -16,7 +16,7 @@ import aiosqlite
 import orjson
 
 from agent.alerts import Alert, AlertRules, Identity
-from agent.alerts.rules import COLUMNS, TIMES
+from agent.alerts.model import COLUMNS, TIMES
 from agent.events import epoch, iso
 
 _NAMES: Final = tuple(c.replace("cls", "class") for c in COLUMNS)
