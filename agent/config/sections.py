@@ -126,7 +126,7 @@ class StoreSettings(Section):
     )
     identity_window: int = Field(
         default=1_000_000, ge=2,
-        description="newest event ids kept in memory to recognise an id sent again with another ts (~35 MB/million)",
+        description="newest event ids kept in memory to recognise an id sent again with another ts (~45 MB/million)",
     )  # fmt: skip
     min_free_mb: float = Field(default=512, ge=0, description="raise disk_low below this much free space; 0: never")
 
