@@ -37,7 +37,6 @@ class AlertRules:
     _active: dict[Identity, Alert] | None = None
     _pending: list[Observation] = field(default_factory=list)
     _inflight: list[Observation] = field(default_factory=list)
-    _taken: bool = False  # needs() took this evaluation's observations
     _last_sweep: float = 0.0
     _out: list[Transition] = field(default_factory=list)
     _next: AlertSettings | None = None
@@ -84,7 +83,7 @@ class AlertRules:
                 wanted.add(self._identity(("api", app, str(status), api), entry))
         # This evaluation's observations: the caller awaits its reads before evaluate(), and one
         # queued meanwhile, whose stored row was not read, waits for the next evaluation.
-        self._inflight, self._pending, self._taken = self._pending, [], True
+        self._inflight, self._pending = self._pending, []
         for obs in self._inflight:
             if not obs.ok:
                 wanted.add(self._identity((obs.source, obs.app, obs.code, obs.api), classify(obs.code)))
@@ -96,14 +95,11 @@ class AlertRules:
         stored: dict[Identity, Alert] | None = None,
         now: float | None = None,
     ) -> Outcome:
-        """Apply this batch's api statuses and queued observations, and sweep when due.
+        """Apply this batch's api statuses and the observations :meth:`needs` took, and sweep when due.
 
-        ``api_counts`` maps (app, api, status) to occurrences; ``stored`` holds the stored state of
-        the identities :meth:`needs` named (absent ones are new).
+        Call :meth:`needs` first. ``api_counts`` maps (app, api, status) to occurrences; ``stored``
+        holds the stored state of the identities :meth:`needs` named (absent ones are new).
         """
-        if not self._taken:  # no needs() first: everything queued is this evaluation's
-            self._inflight, self._pending = self._pending, []
-        self._taken = False
         if not self.settings.enabled:
             self._inflight.clear()
             return Outcome([], [])
@@ -140,7 +136,7 @@ class AlertRules:
     def rollback(self) -> None:
         """The transaction failed: requeue its observations and forget the cached state."""
         self._pending = self._inflight + self._pending
-        self._inflight, self._taken = [], False
+        self._inflight = []
         self._out.clear()
         self._active = None
 
